@@ -1,0 +1,21 @@
+"""Training methods. Each module registers itself with ``@register_method``; import them all here."""
+
+from training.methods.base import (
+    FitContext,
+    Method,
+    MethodConfig,
+    available_methods,
+    build_method,
+    get_method_class,
+    register_method,
+)
+
+__all__ = [
+    "FitContext",
+    "Method",
+    "MethodConfig",
+    "available_methods",
+    "build_method",
+    "get_method_class",
+    "register_method",
+]

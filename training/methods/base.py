@@ -1,0 +1,228 @@
+"""The Method interface every training method implements, and the registry that finds methods by name.
+
+The engine (``training/engine.py``) knows nothing about methods: it builds one with :func:`build_method`, calls
+``training_step(batch, ctx)`` and the optional hooks, steps the optimiser the method configures, and saves
+``state_dict()`` plus :meth:`Method.extra_state`. Export consumes :meth:`Method.inference_net`.
+
+Batch contract (see docs/ARCHITECTURE.md):
+    batch["image"]  float32 (B, C, H, W) in [0, 1], channels in ``input_spec().color_order``
+    batch["index"]  int64 (B,) dataset index of each image
+    batch["label"]  int64 (B, H, W), 255 = ignore; only where the dataset has labels
+
+inference_net contract:
+    float32 (B, C, H, W) in [0, 1]  ->  cluster probabilities float32 (B, K, H, W) at the input resolution,
+    H and W multiples of ``input_spec().stride``; normalisation and Sobel happen inside; eval mode; no masks,
+    no augmentation, no ``if self.training`` branches that matter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from usseg_sdk.meta import InputSpec
+
+
+class UnknownMethodError(KeyError):
+    """No method is registered under that name."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; this is a sentence
+        return str(self.args[0])
+
+
+class ConfigError(ValueError):
+    """A config dict has unknown keys or values of the wrong type."""
+
+
+@dataclass
+class MethodConfig:
+    """Fields every method has. Methods subclass this dataclass and add their own."""
+
+    n_clusters: int = 4  # main head K (= number of classes for Hungarian evaluation)
+    channels: int = 1  # 1 grey or 3 RGB input channels (4 for RGBIR)
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+
+
+@dataclass
+class FitContext:
+    """What the engine tells a method's hooks. ``log`` records scalars in the metrics log."""
+
+    device: torch.device
+    epoch: int = 0
+    step: int = 0  # optimiser steps done so far
+    train_loader: Iterable[dict[str, torch.Tensor]] | None = None
+    rank: int = 0
+    world_size: int = 1
+    amp: bool = False
+    log: Callable[[dict[str, float]], None] = field(default=lambda logs: None)
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+class Method(nn.Module):
+    """Base class of training methods. Subclasses set ``name`` and ``config_class`` and register themselves.
+
+    Parameters, buffers (e.g. PiCIE's centroids) and :meth:`extra_state` are everything a checkpoint holds
+    of the method; use the global torch/numpy RNGs (the engine checkpoints them) so a resumed run repeats.
+    """
+
+    name: ClassVar[str] = ""
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
+
+    def __init__(self, config: MethodConfig):
+        super().__init__()
+        self.config = config
+
+    # -- training ------------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, torch.Tensor], ctx: FitContext) -> dict[str, Any]:
+        """One step's loss: ``{"loss": scalar tensor, **scalar logs}``. The engine does backward/step."""
+        raise NotImplementedError
+
+    def configure_optimizer(self) -> torch.optim.Optimizer:
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.Adam(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+
+    def on_fit_start(self, ctx: FitContext) -> None:
+        """Once, before the first epoch (also after a resume)."""
+
+    def on_epoch_start(self, ctx: FitContext) -> None:
+        """Before each epoch's first step, e.g. PiCIE's k-means over ``ctx.train_loader``."""
+
+    def on_epoch_end(self, ctx: FitContext) -> None:
+        """After each epoch's last step."""
+
+    def on_step_end(self, ctx: FitContext) -> None:
+        """After each optimiser step (the place for EMA updates or re-applying constraints)."""
+
+    def after_backward(self, ctx: FitContext) -> None:
+        """Between backward and the optimiser step (after unscaling under AMP): e.g. masking gradients."""
+
+    def extra_state(self) -> dict[str, Any]:
+        """JSON-serialisable state that is neither parameter nor buffer (e.g. which head trains now)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`extra_state`."""
+
+    # -- inference / evaluation ----------------------------------------------------------------------
+    def input_spec(self) -> InputSpec:
+        """Channels, colour order, normalisation (as applied inside the net), stride, native size."""
+        raise NotImplementedError
+
+    def eval_heads(self) -> dict[str, int]:
+        """Head name -> number of clusters. ``"main"`` is the head evaluated with Hungarian matching;
+        others (e.g. ``"over"``) are over-clustering heads evaluated many-to-one."""
+        return {"main": self.config.n_clusters}
+
+    def inference_net(self, head: str = "main") -> nn.Module:
+        """The plain module export consumes (see the module docstring). Shares this method's weights."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, head: str = "main") -> torch.Tensor:
+        """Cluster ids (B, H, W) int64 for float images (B, C, H, W) in [0, 1]."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self.inference_net(head)(images).argmax(dim=1)
+        finally:
+            self.train(was_training)
+
+
+# -- registry -----------------------------------------------------------------------------------------
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator: ``@register_method("iic")``. Names are snake_case and unique."""
+
+    def decorate(cls: type[Method]) -> type[Method]:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"method {name!r} is already registered by {_REGISTRY[name].__qualname__}")
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return decorate
+
+
+def available_methods() -> list[str]:
+    import training.methods  # noqa: F401  (imports every method module, which registers it)
+
+    return sorted(_REGISTRY)
+
+
+def get_method_class(name: str) -> type[Method]:
+    names = available_methods()
+    if name not in _REGISTRY:
+        raise UnknownMethodError(f"unknown method {name!r}; valid names: {', '.join(names) or '(none)'}")
+    return _REGISTRY[name]
+
+
+def build_method(name: str, config: dict[str, Any] | MethodConfig | None = None) -> Method:
+    """Build a registered method from its config (a dict of overrides, or the config dataclass)."""
+    cls = get_method_class(name)
+    if not isinstance(config, MethodConfig):
+        config = config_from_dict(cls.config_class, config or {})
+    return cls(config)
+
+
+def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
+    """Build dataclass ``cls`` from ``values``, rejecting unknown keys and converting lists to tuples.
+
+    Nested dataclass fields accept dicts. Errors name the field and list the valid ones.
+    """
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls} is not a dataclass")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"{cls.__name__} has no field(s) {unknown}; valid fields: {sorted(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        kwargs[key] = _coerce(hints[key], value, f"{cls.__name__}.{key}")
+    return cls(**kwargs)
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """JSON/YAML-friendly dict of a config dataclass (tuples become lists)."""
+    return dataclasses.asdict(config)
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+        return config_from_dict(hint, value)
+    if origin is tuple and isinstance(value, list | tuple):
+        return tuple(value)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: {value!r} does not fit {hint}")
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if hint in (int, float, str, bool) and not isinstance(value, hint):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+    if hint is int and isinstance(value, bool):
+        raise ConfigError(f"{where}: expected int, got {value!r}")
+    return value

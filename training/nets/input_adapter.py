@@ -1,0 +1,72 @@
+"""The first module of every inference net: [0, 1] image -> the tensor the trunk was trained on.
+
+Normalisation and IIC's Sobel channels live here, inside the net, so export bakes them into the graph and the
+runtime feeds raw frames (mismatched preprocessing between training and deployment is the export bug the
+anchors' trackers report most).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SobelMode = Literal["off", "append", "replace"]
+
+# IIC's sobel_process (code/utils/cluster/transforms.py): cross-correlation kernels, zero padding 1.
+_SOBEL_DX = ((1.0, 0.0, -1.0), (2.0, 0.0, -2.0), (1.0, 0.0, -1.0))
+_SOBEL_DY = ((1.0, 2.0, 1.0), (0.0, 0.0, 0.0), (-1.0, -2.0, -1.0))
+# cv2.COLOR_RGB2GRAY weights, as IIC computes its grey channel.
+_GREY_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+def sobel_xy(grey: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) -> (B, 2, H, W): IIC's dx and dy Sobel maps."""
+    kernel = torch.tensor((_SOBEL_DX, _SOBEL_DY), dtype=grey.dtype, device=grey.device).unsqueeze(1)
+    return F.conv2d(grey, kernel, padding=1)
+
+
+def to_grey(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, 1, H, W). One channel is returned as is; RGB uses cv2's weights."""
+    if x.shape[1] == 1:
+        return x
+    if x.shape[1] < 3:
+        raise ValueError(f"cannot make grey from {x.shape[1]} channels")
+    w = torch.tensor(_GREY_WEIGHTS, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x[:, :3] * w).sum(dim=1, keepdim=True)
+
+
+class InputAdapter(nn.Module):
+    """(B, C, H, W) float in [0, 1] -> normalised channels, plus Sobel channels per ``sobel``.
+
+    ``sobel="append"``: [normalised image channels, dx, dy] (IIC's RGB+Sobel, 5 channels for RGB).
+    ``sobel="replace"``: [dx, dy] only (IIC's sobel_process on a grey-only input).
+    Sobel maps are computed on the un-normalised grey image, as IIC does (its images are only divided by 255).
+    """
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...], sobel: SobelMode = "off"):
+        super().__init__()
+        if len(mean) != len(std):
+            raise ValueError(f"mean {mean} and std {std} differ in length")
+        if sobel not in ("off", "append", "replace"):
+            raise ValueError(f"sobel must be 'off', 'append' or 'replace', got {sobel!r}")
+        self.sobel = sobel
+        self.in_channels = len(mean)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    @property
+    def out_channels(self) -> int:
+        return {"off": self.in_channels, "append": self.in_channels + 2, "replace": 2}[self.sobel]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) in [0, 1]
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"expected {self.in_channels} input channels, got {x.shape[1]}")
+        if self.sobel == "off":
+            return (x - self.mean) / self.std
+        edges = sobel_xy(to_grey(x))
+        if self.sobel == "replace":
+            return edges
+        return torch.cat([(x - self.mean) / self.std, edges], dim=1)
