@@ -26,18 +26,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from training.errors import ConfigError, UnknownMethodError
 from usseg_sdk.meta import InputSpec
-
-
-class UnknownMethodError(KeyError):
-    """No method is registered under that name."""
-
-    def __str__(self) -> str:  # KeyError quotes its argument; this is a sentence
-        return str(self.args[0])
-
-
-class ConfigError(ValueError):
-    """A config dict has unknown keys or values of the wrong type."""
 
 
 @dataclass
