@@ -52,6 +52,11 @@ class FitContext:
     world_size: int = 1
     amp: bool = False
     log: Callable[[dict[str, float]], None] = field(default=lambda logs: None)
+    # Differentiable sum of a tensor over all ranks (identity in a single process). A method whose loss is
+    # not a mean over samples (IIC's joint matrix, PiCIE's k-means counts/sums) reduces its statistics with
+    # it so that W ranks x batch b compute the loss of one batch W*b. Under DDP the engine's gradient
+    # averaging then yields the full-batch gradient (each rank back-propagates the same loss).
+    all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] = field(default=lambda t: t)
 
     @property
     def distributed(self) -> bool:
