@@ -113,7 +113,7 @@ class ConfusionMatrix:
         valid = self._valid_gt(gt)
         if valid is not None:
             pred, gt = pred[valid], gt[valid]
-        flat = pred.astype(np.int64) * self.n_gt + gt  # (N,) index into the flat [pred, gt] table
+        flat = pred.astype(np.int64) * self.n_gt + gt.astype(np.int64)  # (N,) index into flat [pred, gt]
         self._counts += np.bincount(flat, minlength=self._counts.size)
         return self
 

@@ -111,7 +111,10 @@ def parse_runs(rle: str | None, n_pixels: int | None = None) -> tuple[np.ndarray
             raise RLEError(f"token {i} ({tok!r}) is not an integer")
     if len(tokens) % 2:
         raise RLEError(f"odd number of values ({len(tokens)}): expected 'start length' pairs")
-    values = np.array(tokens, dtype=np.int64).reshape(-1, 2)  # (n_runs, 2)
+    try:
+        values = np.array(tokens, dtype=np.int64).reshape(-1, 2)  # (n_runs, 2)
+    except OverflowError:
+        raise RLEError("a value does not fit in 64 bits; no image has that many pixels") from None
     starts, lengths = values[:, 0], values[:, 1]
     _check_runs(starts, lengths, n_pixels)
     return starts, lengths

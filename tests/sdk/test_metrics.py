@@ -54,6 +54,8 @@ def test_update_accepts_any_shape_and_integer_dtypes():
     assert cm.matrix[0, 0] == 25
     cm.update(np.zeros((0, 5), np.uint8), np.zeros((0, 5), np.uint8))
     assert cm.n_pixels == 27
+    cm.update(np.array([1], np.int64), np.array([1], np.uint64))  # mixed signedness must not go through float
+    assert cm.matrix[1, 1] == 2
 
 
 @pytest.mark.parametrize(

@@ -159,6 +159,7 @@ def test_full_size_random_mask_round_trips():
         ("10 3 2 2", "sorted"),
         ("11 3", "ends at pixel 13, past the end of the image (12 pixels)"),
         ("12 1 13 1", "past the end"),
+        ("99999999999999999999 1", "64 bits"),
     ],
 )
 def test_malformed_runs_raise(text, message):
