@@ -129,3 +129,11 @@ def test_a_file_that_fails_to_decode_later_is_replaced_only_in_skip_mode(tree, c
 def test_train_labels_needs_labels(tree):
     with pytest.raises(ConfigError, match="no labels"):
         build_dataset({"kind": "folder", "root": str(tree), "train_labels": True}, train=True)
+
+
+def test_seeded_crops_are_the_same_with_worker_processes(tree):
+    ds = build_dataset({"kind": "folder", "root": str(tree), "crop": 16, "seed": 7}, train=True)
+    ds.set_epoch(2)
+    inline = torch.cat([b["image"] for b in DataLoader(ds, batch_size=2)])
+    workers = torch.cat([b["image"] for b in DataLoader(ds, batch_size=2, num_workers=2)])
+    assert torch.equal(inline, workers)

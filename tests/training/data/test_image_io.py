@@ -69,7 +69,7 @@ def test_alpha_channel_is_dropped(tmp_path):
 def test_unreadable_and_missing_files_are_named(tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"not an image")
-    with pytest.raises(DataError, match="broken.jpg"):
+    with pytest.raises(DataError, match=r"broken\.jpg"):
         read_image(bad, channels=3)
     with pytest.raises(DataError, match=r"absent\.png"):
         read_image(tmp_path / "absent.png", channels=3)

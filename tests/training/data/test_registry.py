@@ -14,7 +14,7 @@ def test_all_kinds_are_registered():
 def test_unknown_kind_lists_the_valid_ones(tmp_path):
     with pytest.raises(ConfigError, match="unknown dataset kind 'foldr'; valid kinds: cocostuff, folder, mask_folder"):
         build_dataset({"kind": "foldr", "root": str(tmp_path)}, train=True)
-    with pytest.raises(ConfigError, match="no 'kind'.*folder"):
+    with pytest.raises(ConfigError, match=r"no 'kind'.*folder"):
         build_dataset({"root": str(tmp_path)}, train=True)
     with pytest.raises(ConfigError, match="mapping"):
         build_dataset(["folder"], train=True)  # type: ignore[arg-type]
@@ -34,7 +34,7 @@ def test_bad_values_and_missing_root(tmp_path):
         build_dataset({"kind": "folder", "root": str(tmp_path), "crop": 0}, train=True)
     with pytest.raises(ConfigError, match="crop_mode"):
         build_dataset({"kind": "folder", "root": str(tmp_path), "crop_mode": "middle"}, train=True)
-    with pytest.raises(ConfigError, match="crop: .big. does not fit int"):
+    with pytest.raises(ConfigError, match=r"crop: .big. does not fit int"):
         build_dataset({"kind": "folder", "root": str(tmp_path), "crop": "big"}, train=True)
     with pytest.raises(DataError, match="does-not-exist"):
         build_dataset({"kind": "folder", "root": str(tmp_path / "does-not-exist")}, train=True)
