@@ -43,3 +43,9 @@ def test_bad_values_and_missing_root(tmp_path):
 def test_a_kind_name_cannot_be_taken_twice():
     with pytest.raises(ValueError, match="already registered"):
         register_dataset("folder")(type("Other", (FolderDataset,), {}))
+
+
+def test_paths_may_be_path_objects(sample_dir):
+    ds = build_dataset({"kind": "mask_folder", "root": sample_dir, "split_file": sample_dir / "splits.json",
+                        "split": "holdout"}, train=False)
+    assert len(ds) == 8
