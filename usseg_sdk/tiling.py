@@ -13,7 +13,7 @@ Example:
     >>> [(t.y0, t.x0) for t in grid]
     [(0, 0), (0, 240), (0, 488)]
     >>> [(t.keep_x0, t.keep_x1) for t in grid]
-    [(0, 376), (376, 624), (624, 1000)]
+    [(0, 376), (376, 620), (620, 1000)]
 """
 
 from __future__ import annotations
