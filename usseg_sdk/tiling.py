@@ -11,9 +11,9 @@ kept pixel saw its whole receptive field, and the tiled prediction equals the un
 Example:
     >>> grid = plan_tiles((256, 1000), (256, 512), overlap=64, stride=8)
     >>> [(t.y0, t.x0) for t in grid]
-    [(0, 0), (0, 240), (0, 488)]
+    [(0, 0), (0, 248), (0, 488)]
     >>> [(t.keep_x0, t.keep_x1) for t in grid]
-    [(0, 376), (376, 620), (620, 1000)]
+    [(0, 380), (380, 624), (624, 1000)]
 """
 
 from __future__ import annotations
@@ -39,19 +39,23 @@ class Tile:
 def axis_starts(length: int, tile: int, overlap: int, stride: int = 1) -> list[int]:
     """Origins of tiles of size ``tile`` covering ``[0, length)`` with at least ``overlap`` shared pixels.
 
-    ``length`` and ``tile`` are multiples of ``stride`` (the padded frame and the rounded tile). Origins are
-    spread evenly and rounded to the stride; the first is 0 and the last is ``length - tile``.
+    ``length`` and ``tile`` are multiples of ``stride`` (the padded frame and the rounded tile). The first origin
+    is 0 and the last ``length - tile``; the gaps between origins are multiples of the stride, as equal as
+    possible, and none longer than ``tile - overlap`` rounded down to the stride.
     """
     if tile >= length:
         return [0]
-    step = tile - overlap
-    if step < stride:
+    step = (tile - overlap) // stride * stride
+    if step <= 0:
         raise ValueError(f"overlap {overlap} leaves no step for tile {tile} at stride {stride}")
-    n = 1 + -(-(length - tile) // step)  # ceil((length - tile) / step) steps
     last = length - tile
-    starts = [round(i * last / (n - 1) / stride) * stride for i in range(n)]
+    n_gaps = -(-last // step)
+    base, extra = divmod(last // stride, n_gaps)  # gaps in stride units: `extra` of them one unit longer
+    starts = [0]
+    for i in range(n_gaps):
+        starts.append(starts[-1] + (base + (i < extra)) * stride)
     starts[-1] = last
-    return sorted(set(starts))
+    return starts
 
 
 def axis_keeps(starts: list[int], tile: int, length: int) -> list[tuple[int, int]]:
