@@ -202,6 +202,29 @@ class Segmenter:
             else:
                 self.predict(frame)
 
+    def preprocess(self, frames: Sequence[np.ndarray]) -> np.ndarray:
+        """The exact graph input ``predict_batch`` builds for untiled frames of one padded size (a new array).
+
+        For benchmarking the backend alone and for debugging preprocessing; tiled frames raise ValueError.
+        """
+        prepared = [self._prepare(f) for f in frames]
+        if any(p.tile is not None or p.padded != prepared[0].padded for p in prepared):
+            raise ValueError("preprocess() takes untiled frames of one size; these are tiled or differ in size")
+        batch = np.empty((self._batch_size(len(prepared)), self.meta.input.channels, *prepared[0].padded), np.uint8)
+        for i, p in enumerate(prepared):
+            fill_padded(batch[i], p.planes)
+        batch[len(prepared):] = 0
+        return to_model_dtype(batch, self.meta.input)
+
+    @property
+    def input_name(self) -> str:
+        return self._input_name
+
+    @property
+    def output_names(self) -> list[str]:
+        """The graph outputs each backend call fetches."""
+        return list(self._fetch)
+
     def clone(self) -> Segmenter:
         """A Segmenter for another thread: same metadata and weights, the backend's own per-thread copy.
 
