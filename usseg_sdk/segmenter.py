@@ -36,7 +36,15 @@ from usseg_sdk.backends import Backend, ModelFiles, find_model_files, open_backe
 from usseg_sdk.config import SegmenterConfig, SegmenterConfigError
 from usseg_sdk.errors import ModelLoadError, ModelMetaError
 from usseg_sdk.meta import METADATA_KEY, ModelMeta
-from usseg_sdk.preprocess import fill_padded, model_planes, padded_size, round_up, to_model_dtype, validate_frame
+from usseg_sdk.preprocess import (
+    channel_order,
+    fill_padded,
+    model_planes,
+    padded_size,
+    round_up,
+    to_model_dtype,
+    validate_frame,
+)
 from usseg_sdk.result import Segmentation
 from usseg_sdk.tiling import Tile, plan_tiles
 
@@ -49,6 +57,8 @@ class _Prepared:
 
     frame: np.ndarray
     planes: list[np.ndarray]
+    source: np.ndarray  # the validated (h, w, C) uint8 frame the planes are views of
+    order: tuple[int, ...] | None  # frame channel per model channel (cv2.split fast path), see channel_order
     size: tuple[int, int]  # (h, w) of the planes
     out_size: tuple[int, int]  # (H, W) of the frame, where results are returned
     padded: tuple[int, int]  # (hp, wp) fed to the net (or tiled)
@@ -212,7 +222,7 @@ class Segmenter:
             raise ValueError("preprocess() takes untiled frames of one size; these are tiled or differ in size")
         batch = np.empty((self._batch_size(len(prepared)), self.meta.input.channels, *prepared[0].padded), np.uint8)
         for i, p in enumerate(prepared):
-            fill_padded(batch[i], p.planes)
+            fill_padded(batch[i], p.planes, p.source, p.order)
         batch[len(prepared):] = 0
         return to_model_dtype(batch, self.meta.input)
 
@@ -273,7 +283,8 @@ class Segmenter:
         tile = None
         if self._tile is not None and (hp > self._tile[0] or wp > self._tile[1]):
             tile = (min(self._tile[0], hp), min(self._tile[1], wp))
-        return _Prepared(original, planes, (h, w), out_size, (hp, wp), tile)
+        order = channel_order(frame, spec, self.config.frame_order)
+        return _Prepared(original, planes, frame, order, (h, w), out_size, (hp, wp), tile)
 
     def _buffer(self, shape: tuple[int, ...]) -> np.ndarray:
         """A per-thread reusable uint8 array (the backend has returned before it is refilled)."""
@@ -292,7 +303,7 @@ class Segmenter:
         hp, wp = prepared[0].padded
         batch = self._buffer((self._batch_size(len(prepared)), self.meta.input.channels, hp, wp))
         for i, p in enumerate(prepared):
-            fill_padded(batch[i], p.planes)
+            fill_padded(batch[i], p.planes, p.source, p.order)
         batch[len(prepared):] = 0  # static-batch padding slots
         out = self._infer(batch)
         return [self._result(p, out.labels[i], None if out.clusters is None else out.clusters[i],
@@ -303,7 +314,7 @@ class Segmenter:
         assert p.tile is not None
         c, (h, w), (th, tw) = self.meta.input.channels, p.size, p.tile
         full = self._buffer((c, *p.padded))
-        fill_padded(full, p.planes)
+        fill_padded(full, p.planes, p.source, p.order)
         tiles = plan_tiles(p.padded, p.tile, self._overlap, self.meta.input.stride)
         labels = np.empty((h, w), np.uint8)
         clusters = np.empty((h, w), np.uint8) if self._clusters_name else None

@@ -8,7 +8,15 @@ import pytest
 
 from usseg_sdk import InvalidFrameError, Segmenter, SegmenterConfig
 from usseg_sdk.meta import InputSpec
-from usseg_sdk.preprocess import fill_padded, padded_size, reflect_index, to_model_dtype, validate_frame
+from usseg_sdk.preprocess import (
+    channel_order,
+    fill_padded,
+    model_planes,
+    padded_size,
+    reflect_index,
+    to_model_dtype,
+    validate_frame,
+)
 
 CPU = SegmenterConfig(device="cpu")
 R, G, B = 0, 1, 2  # cluster ids of the channel_argmax models: which input channel was brightest
@@ -121,3 +129,17 @@ def test_to_model_dtype_for_float_and_nhwc_graphs():
     out = to_model_dtype(batch, spec)
     assert out.shape == (2, 2, 2, 3) and out.dtype == np.float32
     np.testing.assert_allclose(out, (batch.transpose(0, 2, 3, 1) / 255.0 - 0.5) / 0.25, rtol=1e-6)
+
+
+@pytest.mark.parametrize("channels, color_order", [(3, "rgb"), (3, "bgr"), (4, "rgbi")])
+def test_split_fast_path_equals_plane_copies(channels, color_order):
+    spec = InputSpec(channels=channels, color_order=color_order, mean=(0.5,) * channels, std=(0.5,) * channels)
+    frame = validate_frame(np.random.default_rng(channels).integers(0, 256, (7, 11, channels), dtype=np.uint8))
+    planes = model_planes(frame, spec, "bgr")
+    order = channel_order(frame, spec, "bgr")
+    assert order is not None
+    fast, slow = np.zeros((channels, 7, 11), np.uint8), np.zeros((channels, 7, 11), np.uint8)
+    fill_padded(fast, planes, frame, order)
+    fill_padded(slow, planes)
+    np.testing.assert_array_equal(fast, slow)
+    assert channel_order(frame[:, :, :1], spec, "bgr") is None
