@@ -54,7 +54,7 @@ class SegmenterConfig(BaseModel):
     frame_order: Literal["bgr", "rgb"] = Field(default="bgr", description="channel order of 3/4-channel frames")
     intra_op_threads: int | None = Field(default=None, ge=0, description="onnxruntime intra-op threads (0: auto)")
     inter_op_threads: int | None = Field(default=None, ge=0)
-    trt_fp16: bool | None = Field(default=None, description="TensorRT fp16; None: meta.precision == 'fp16'")
+    trt_fp16: bool = Field(default=False, description="let onnxruntime's TensorRT provider build fp16 kernels")
     trt_cache_dir: Path | None = Field(default=None, description="TensorRT engine cache (onnxruntime TRT EP)")
     trt_workspace_mb: int | None = Field(default=None, ge=1)
 
@@ -138,10 +138,6 @@ def _parse_int(raw: str) -> int:
         raise ValueError("expected an integer") from None
 
 
-def _parse_optional_bool(raw: str) -> bool | None:
-    return None if raw.lower() in ("auto", "none") else parse_bool(raw)
-
-
 def _parse_providers(raw: str) -> tuple[str, ...]:
     names = tuple(p.strip() for p in raw.split(",") if p.strip())
     if not names:
@@ -162,7 +158,7 @@ _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
     "frame_order": str.lower,
     "intra_op_threads": _parse_int,
     "inter_op_threads": _parse_int,
-    "trt_fp16": _parse_optional_bool,
+    "trt_fp16": parse_bool,
     "trt_cache_dir": Path,
     "trt_workspace_mb": _parse_int,
 }

@@ -162,3 +162,15 @@ def test_env_config_is_read_when_no_config_is_given(models, monkeypatch):
 def test_docstring_examples(module):
     result = doctest.testmod(importlib.import_module(module))
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_min_size_pads_small_frames(tmp_path):
+    from tests.sdk.onnx_models import build_model
+
+    path, _ = build_model(tmp_path / "model.onnx", n_clusters=3, min_size=16, stride=2)
+    seg = Segmenter(path, config=CPU)
+    frame = frames(12, (5, 7))[0]
+    res = seg.predict(frame)
+    assert res.labels.shape == (5, 7)
+    padded = np.pad(frame, ((0, 11), (0, 9)), mode="reflect")  # up to min_size 16, reflect-101
+    np.testing.assert_array_equal(res.labels, bare_run(path, padded[None, None])[0][0, :5, :7])

@@ -19,14 +19,14 @@ def test_every_field_from_env():
     env = {"USSEG_DEVICE": "CUDA", "USSEG_PROVIDERS": "CUDAExecutionProvider, CPUExecutionProvider",
            "USSEG_DEVICE_ID": "1", "USSEG_TILING": "yes", "USSEG_TILE_SIZE": "256,1600", "USSEG_OVERLAP": "32",
            "USSEG_BATCH_SIZE": "4", "USSEG_SCORES": "false", "USSEG_CLUSTERS": "0", "USSEG_FRAME_ORDER": "rgb",
-           "USSEG_INTRA_OP_THREADS": "2", "USSEG_INTER_OP_THREADS": "1", "USSEG_TRT_FP16": "auto",
+           "USSEG_INTRA_OP_THREADS": "2", "USSEG_INTER_OP_THREADS": "1", "USSEG_TRT_FP16": "1",
            "USSEG_TRT_CACHE_DIR": "/tmp/trt", "USSEG_TRT_WORKSPACE_MB": "1024", "USSEG_DATA": "ignored",
            "USSEG_UNRELATED": "x"}
     cfg = SegmenterConfig.from_env(env)
     assert cfg.device == "cuda" and cfg.providers == ("CUDAExecutionProvider", "CPUExecutionProvider")
     assert cfg.tile_size == (256, 1600) and cfg.overlap == 32 and cfg.batch_size == 4
     assert cfg.scores is False and cfg.clusters is False and cfg.frame_order == "rgb"
-    assert cfg.intra_op_threads == 2 and cfg.trt_fp16 is None and cfg.trt_cache_dir == Path("/tmp/trt")
+    assert cfg.intra_op_threads == 2 and cfg.trt_fp16 is True and cfg.trt_cache_dir == Path("/tmp/trt")
     assert len(ENV_VARS) == len(SegmenterConfig.model_fields)
     assert SegmenterConfig.from_env({"USSEG_TILE_SIZE": "512"}).tile_size == (512, 512)
 

@@ -119,7 +119,7 @@ def _options(provider: str, config: SegmenterConfig) -> dict[str, Any]:
     if provider == CUDA:
         return {"device_id": config.device_id}
     if provider == TENSORRT:
-        opts: dict[str, Any] = {"device_id": config.device_id, "trt_fp16_enable": bool(config.trt_fp16)}
+        opts: dict[str, Any] = {"device_id": config.device_id, "trt_fp16_enable": config.trt_fp16}
         if config.trt_cache_dir is not None:
             Path(config.trt_cache_dir).mkdir(parents=True, exist_ok=True)
             opts.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(config.trt_cache_dir),
