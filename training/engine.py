@@ -266,8 +266,9 @@ class _Trainer:
         if eval_dataset is not None:
             self.eval_loader = eval_loader(eval_dataset, batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers,
                                            rank=env.rank, world_size=env.world_size, pin_memory=pin)
-        self.n_classes = int(getattr(eval_dataset, "n_classes", 0) or self.method.eval_heads()["main"])
+        # The number of classes comes from the labelled split's class names; without names it is the main K.
         self.class_names = getattr(eval_dataset, "class_names", None)
+        self.n_classes = len(self.class_names) if self.class_names else self.method.eval_heads()["main"]
 
     def _wrap_ddp(self) -> nn.Module:
         if not self.env.enabled:

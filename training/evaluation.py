@@ -100,8 +100,8 @@ def score_confusions(counts: dict[str, torch.Tensor], *, class_names: list[str] 
         _, scores = evaluate_clusters(matrix_np, mode=mode, class_names=class_names)
         if name == "main":
             out.update(miou=_float(scores.miou), pixel_accuracy=_float(scores.pixel_accuracy),
-                       defect_iou=_float(getattr(scores, "defect_iou", math.nan)),
-                       iou=[_float(v) for v in scores.iou], matching=mode)
+                       defect_iou=_float(scores.defect_iou), iou=[_float(v) for v in scores.iou],
+                       class_names=list(scores.class_names), matching=mode)
         else:
             out[f"{name}/miou"] = _float(scores.miou)
             out[f"{name}/pixel_accuracy"] = _float(scores.pixel_accuracy)

@@ -10,6 +10,8 @@ Two pieces make that so:
   ``(seed, epoch, stream, global position)`` before calling the dataset, so random crops do not depend on the
   number of workers, on which worker loads an item, or on what was loaded before. In the main process
   (``num_workers=0``) it restores the global RNG states afterwards, so loading never shifts the training RNG.
+  It also calls the dataset's ``set_epoch(epoch)`` (when it has one) from the sampled key, which reaches
+  persistent worker processes too (a call on the main process's copy would not).
 
 Datasets therefore draw their randomness from the global RNGs (not from generators they create themselves).
 The last incomplete global batch of an epoch is dropped.
@@ -57,8 +59,8 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class EpochSampler(Sampler[tuple[int, int]]):
-    """Yields ``(dataset index, sample seed)`` for this rank's share of every full global batch of an epoch."""
+class EpochSampler(Sampler[tuple[int, int, int]]):
+    """Yields ``(dataset index, sample seed, epoch)`` for this rank's share of every full global batch."""
 
     def __init__(self, n_items: int, *, batch_size: int, seed: int, shuffle: bool = True, rank: int = 0,
                  world_size: int = 1, stream: int = 0):
@@ -84,7 +86,7 @@ class EpochSampler(Sampler[tuple[int, int]]):
     def __len__(self) -> int:
         return (self.batches_per_epoch - self.start_batch) * self.batch_size
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
         n_batches, b, w = self.batches_per_epoch, self.batch_size, self.world_size
         if self.shuffle:
             order_seed = int(derive_seeds(self.seed, self.epoch, self.stream, 0x0DE5)[0])
@@ -96,7 +98,7 @@ class EpochSampler(Sampler[tuple[int, int]]):
         seeds = derive_seeds(self.seed, self.epoch, self.stream, positions=positions)
         for g in range(self.start_batch, n_batches):
             for slot in range(b):
-                yield int(order[g, self.rank, slot]), int(seeds[g, self.rank, slot])
+                yield int(order[g, self.rank, slot]), int(seeds[g, self.rank, slot]), self.epoch
 
 
 class ShardSampler(Sampler[int]):
@@ -113,16 +115,22 @@ class ShardSampler(Sampler[int]):
 
 
 class SeededDataset(Dataset):
-    """Wraps a dataset: ``ds[(index, seed)]`` seeds the global RNGs with ``seed`` and returns ``inner[index]``."""
+    """Wraps a dataset: ``ds[(index, seed, epoch)]`` seeds the global RNGs with ``seed``, sets the dataset's
+    epoch, and returns ``inner[index]``."""
 
     def __init__(self, inner: Dataset):
         self.inner = inner
+        self._set_epoch = getattr(inner, "set_epoch", None)
+        self._epoch: int | None = None
 
     def __len__(self) -> int:
         return len(self.inner)  # type: ignore[arg-type]
 
-    def __getitem__(self, key: tuple[int, int]) -> Any:
-        index, seed = key
+    def __getitem__(self, key: tuple[int, int, int]) -> Any:
+        index, seed, epoch = key
+        if self._set_epoch is not None and epoch != self._epoch:
+            self._set_epoch(epoch)
+            self._epoch = epoch
         if get_worker_info() is not None:  # a worker process owns its RNGs
             seed_everything_cpu(seed)
             return self.inner[index]
