@@ -117,13 +117,13 @@ def infonce_loss(l: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
 
 
 def location_scores(local: torch.Tensor, assigned: torch.Tensor) -> torch.Tensor:
-    """Dot-product critic at each location for every image pair: T[b, b', p] = <local[b, :, p], assigned[b', :, p]>.
+    """Dot-product critic at each location for every image pair: T[b, d, p] = <local[b, :, p], assigned[d, :, p]>.
 
-    local, assigned: (B, C, P) -> (B, B, P). The diagonal b = b' holds the positives.
+    local: (B, C, P); assigned: (B', C, P) -> (B, B', P). With B' = B the diagonal holds the positives.
     """
-    if local.shape != assigned.shape or local.dim() != 3:
-        raise ValueError(f"local and assigned must both be (B, C, P); got {tuple(local.shape)} and "
-                         f"{tuple(assigned.shape)}")
+    if local.dim() != 3 or assigned.dim() != 3 or local.shape[1:] != assigned.shape[1:]:
+        raise ValueError(f"local and assigned must be (B, C, P) with the same C and P; got {tuple(local.shape)} "
+                         f"and {tuple(assigned.shape)}")
     return torch.einsum("bcp,dcp->bdp", local, assigned)
 
 
@@ -134,31 +134,37 @@ def location_mi_estimate(
     valid: torch.Tensor | None = None,
     class_scores: torch.Tensor | None = None,
     class_mask: torch.Tensor | None = None,
+    offset: int = 0,
 ) -> torch.Tensor:
     """InfoSeg's bound on mean_p I(L(p); S(p)): E_pos - E_neg with same-location negatives (SPEC §B.2).
 
-    local, assigned: (B, C, P) with B >= 2. Positives T[b, b, p]; negatives T[b, b', p], b' != b.
-    valid: optional (B, P) 0/1 weights of the locations that count (the ``iic_train_mask`` variant): a positive
-        counts when its location is valid, a negative when both images' locations are.
+    local: (B, C, P); assigned: (B', C, P), B' >= 2. The positive of local[b] is assigned[offset + b]; every other
+    image of ``assigned`` at the same location is a negative. B' = B, offset 0 is one batch; B' > B holds S
+    gathered from several ranks, ``offset`` this rank's first image.
+    valid: optional (B', P) 0/1 weights of the locations that count (the ``iic_train_mask`` variant), indexed like
+        ``assigned``: a positive counts when its location is valid, a negative when both images' locations are.
     class_scores, class_mask: optional (B, K, P) scores <L_b(p), H_b[k]> of the same image's class features and a
         0/1 mask of the ones that are negatives (k != seg_b(p)). They form a second negative distribution; E_neg is
         then the even mixture of the batch negatives' mean and the class negatives' mean.
     """
-    scores = location_scores(local, assigned)  # (B, B, P)
-    b = scores.shape[0]
-    if b < 2:
-        raise ValueError(f"InfoSeg's negatives come from other images of the batch: need B >= 2, got B={b}")
+    scores = location_scores(local, assigned)  # (B, B', P)
+    b, b_all, n_loc = scores.shape
+    if b_all < 2 or not 0 <= offset <= b_all - b:
+        raise ValueError(f"InfoSeg's negatives come from other images: need B' >= 2 assigned maps and "
+                         f"0 <= offset <= B' - B; got B={b}, B'={b_all}, offset={offset}")
     if valid is None:
-        valid = scores.new_ones(b, scores.shape[2])  # (B, P)
-    eye = torch.eye(b, dtype=scores.dtype, device=scores.device)
-    w_pos = eye[:, :, None] * valid[:, None, :]  # (B, B, P)
-    w_neg = (1 - eye)[:, :, None] * valid[:, None, :] * valid[None, :, :]  # (B, B, P)
+        valid = scores.new_ones(b_all, n_loc)  # (B', P)
+    pos = torch.zeros(b, b_all, dtype=scores.dtype, device=scores.device)
+    pos[torch.arange(b), offset + torch.arange(b)] = 1.0  # (B, B')
+    valid_local = valid[offset:offset + b]  # (B, P)
+    w_pos = pos[:, :, None] * valid_local[:, None, :]  # (B, B', P)
+    w_neg = (1 - pos)[:, :, None] * valid_local[:, None, :] * valid[None, :, :]  # (B, B', P)
     e_pos = _weighted_mean(positive_expectation(scores, measure), w_pos)
     e_neg = _weighted_mean(negative_expectation(scores, measure), w_neg)
     if class_scores is not None:
         if class_mask is None or class_mask.shape != class_scores.shape:
             raise ValueError("class_scores needs a class_mask of the same shape (B, K, P)")
-        w_cls = class_mask * valid[:, None, :]  # (B, K, P)
+        w_cls = class_mask * valid_local[:, None, :]  # (B, K, P)
         e_neg = 0.5 * (e_neg + _weighted_mean(negative_expectation(class_scores, measure), w_cls))
     return e_pos - e_neg
 
@@ -175,12 +181,13 @@ def infoseg_loss(
     valid: torch.Tensor | None = None,
     class_scores: torch.Tensor | None = None,
     class_mask: torch.Tensor | None = None,
+    offset: int = 0,
 ) -> torch.Tensor:
     """InfoSeg's loss (SPEC §B.2): minus :func:`location_mi_estimate`, plus 2 log 2 for JSD.
 
     For JSD this is ``mean_{b,p} softplus(-T[b,b,p]) + mean_{b!=b',p} softplus(T[b,b',p])`` (>= 0); the constant
     only shifts the logged value. local, assigned: (B, C, P); see :func:`location_mi_estimate` for the options.
     """
-    estimate = location_mi_estimate(local, assigned, measure, valid, class_scores, class_mask)
+    estimate = location_mi_estimate(local, assigned, measure, valid, class_scores, class_mask, offset)
     offset = 2 * _LOG2 if measure == "JSD" else 0.0
     return offset - estimate
