@@ -283,7 +283,10 @@ def _static_shape(path: Path) -> tuple[int, int, int, int]:
 
 def _install(staging: Path, out: Path) -> None:
     """Move the staged files into ``out``: one rename when ``out`` does not exist, else file by file (each
-    atomic), removing artifacts of an earlier export that this one did not produce (a stale engine)."""
+    atomic), removing artifacts of an earlier export that this one did not produce (a stale engine).
+
+    Temporary files and folders are created private (0600 / 0700); the installed ones get the umask's modes."""
+    _apply_umask(staging)
     if not out.exists():
         os.rename(staging, out)
         staging.mkdir()  # the caller's cleanup removes it
@@ -294,6 +297,14 @@ def _install(staging: Path, out: Path) -> None:
     for name in ARTIFACTS:
         if name not in produced:
             (out / name).unlink(missing_ok=True)
+
+
+def _apply_umask(staging: Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)
+    for path in staging.iterdir():
+        path.chmod(0o666 & ~umask)
 
 
 # -- metadata helpers -------------------------------------------------------------------------------------------

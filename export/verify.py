@@ -10,7 +10,8 @@ For every verification frame (``--verify-images``, default the bundled ``samples
   difference (the ``scores`` output is compared too when the model has one).
 
 Numbers written to ``verify.json`` (see :func:`verify_model`): ``max_abs_diff_probs``, ``max_abs_diff_scores``,
-``label_agreement`` / ``cluster_agreement`` (fraction of pixels equal to the reference), and on labelled frames
+``label_agreement`` / ``cluster_agreement`` (fraction of pixels equal to the reference), ``clusters_used``
+(distinct reference clusters seen; 1 means a collapsed model, which verifies trivially), and on labelled frames
 ``miou_reference``, ``miou_model``, ``miou_drop``. A dynamic model is also checked on a batch of two and on a
 second frame size. Thresholds per precision are :data:`DEFAULT_THRESHOLDS`; failing one raises
 :class:`~export.errors.VerificationError` carrying the report.
@@ -75,6 +76,7 @@ class _Tally:
     max_diff_probs: float = 0.0
     max_diff_scores: float | None = None
     shapes: list[list[int]] = field(default_factory=list)
+    clusters_used: set[int] = field(default_factory=set)  # reference argmax values seen (1 = degenerate model)
 
 
 # -- frames ------------------------------------------------------------------------------------------------------
@@ -204,6 +206,7 @@ def _compare(seg: Segmenter, probe: Segmenter, reference: Reference, frames: lis
         h, w = result.labels.shape
         p = probs[i, :, :h, :w]
         clusters = p.argmax(axis=0)
+        tally.clusters_used.update(np.unique(clusters).tolist())
         tally.pixels += h * w
         tally.same_labels += int((mapping[clusters] == result.labels).sum())
         tally.same_clusters += int((clusters == result.clusters).sum())
@@ -243,6 +246,7 @@ def _report(model_path: Path, meta: ModelMeta, frames: list[LabelledFrame], tall
         "max_abs_diff_probs": tally.max_diff_probs, "max_abs_diff_scores": tally.max_diff_scores,
         "label_agreement": tally.same_labels / max(tally.pixels, 1),
         "cluster_agreement": tally.same_clusters / max(tally.pixels, 1),
+        "clusters_used": len(tally.clusters_used),
         "miou_reference": None, "miou_model": None, "miou_drop": None, "miou_mapping": None,
         "thresholds": asdict(th),
     }
@@ -259,6 +263,9 @@ def _report(model_path: Path, meta: ModelMeta, frames: list[LabelledFrame], tall
         failures.append(f"mIoU drop {drop:.4f} > {th.max_miou_drop:g}")
     report["failures"] = failures
     report["passed"] = not failures
+    if len(tally.clusters_used) < 2:
+        log.warning("the reference net predicts a single cluster on every verification pixel: the comparison "
+                    "checks little (untrained or collapsed model?)")
     return report
 
 
