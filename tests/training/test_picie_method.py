@@ -155,6 +155,10 @@ def test_config_and_batch_errors_are_clear():
         build_method("picie", {"eval_centroids": "best"})
     with pytest.raises(ConfigError, match="channels"):
         build_method("picie", {"channels": 2})
+    with pytest.raises(ConfigError, match="backbone_width 64"):
+        build_method("picie", {"backbone_width": 32, "pretrained_weights": "r18.pth"})
+    narrow = build_method("picie", {**SMALL, "backbone_width": 16, "feature_dim": 32})
+    assert narrow.net(torch.rand(1, 1, 64, 64)).shape == (1, 32, 16, 16)
     method = build_method("picie", SMALL)
     batch = {"image": torch.rand(2, 1, 32, 32), "index": torch.tensor([0, 1])}
     with pytest.raises(TrainingError, match="on_epoch_start"):

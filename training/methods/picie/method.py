@@ -79,6 +79,7 @@ class PiCIEConfig(MethodConfig):
     """PiCIE's settings; defaults are the official COCO-Stuff run's (SPEC 4.7) with the paper's intent."""
 
     feature_dim: int = 128  # FPN output channels (in_dim)
+    backbone_width: int = 64  # ResNet-18 stage widths w, 2w, 4w, 8w; 64 is the paper's (ImageNet weights)
     pretrained_weights: str | None = None  # local torchvision resnet18 state dict (.pth / .safetensors)
     input_size: int | None = None  # shorter side both views enter the net at (official res 320); None = as given
     # views (official values)
@@ -125,6 +126,12 @@ class PiCIEConfig(MethodConfig):
             raise ConfigError(f"PiCIEConfig.min_scale must be in (0, 1], got {self.min_scale}")
         if self.input_size is not None and self.input_size < 32:
             raise ConfigError(f"PiCIEConfig.input_size must be >= 32 (ResNet stride), got {self.input_size}")
+        if self.backbone_width < 8 or self.feature_dim < 2:
+            raise ConfigError(f"PiCIEConfig: backbone_width must be >= 8 and feature_dim >= 2, got "
+                              f"{self.backbone_width} / {self.feature_dim}")
+        if self.pretrained_weights and self.backbone_width != 64:
+            raise ConfigError("PiCIEConfig.pretrained_weights needs backbone_width 64 (ImageNet ResNet-18), got "
+                              f"{self.backbone_width}")
         if self.kmeans_pixels_per_image is not None and self.kmeans_pixels_per_image < 1:
             raise ConfigError("PiCIEConfig.kmeans_pixels_per_image must be >= 1 or null")
 
@@ -143,7 +150,7 @@ class PiCIE(Method):
         c = config
         mean, std = _normalisation(c.channels)
         self.adapter = InputAdapter(mean, std)
-        self.net = ResNetFPN(in_channels=c.channels, out_dim=c.feature_dim)
+        self.net = ResNetFPN(in_channels=c.channels, out_dim=c.feature_dim, width=c.backbone_width)
         if c.pretrained_weights:
             load_imagenet_backbone(self.net, c.pretrained_weights)
         self.label_net = copy.deepcopy(self.net).requires_grad_(False).eval()
