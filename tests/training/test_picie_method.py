@@ -222,17 +222,27 @@ def test_imagenet_weights_load_from_local_files(tmp_path):
     state = _torchvision_state()
     save_file(state, str(tmp_path / "r18.safetensors"))
     torch.save(state, tmp_path / "r18.pth")
-    rgb = build_method("picie", {"channels": 3, "pretrained_weights": str(tmp_path / "r18.safetensors")})
+    def fit_start(config: dict) -> PiCIE:
+        method = build_method("picie", config)
+        method.on_fit_start(_ctx())
+        return method
+
+    rgb = fit_start({"channels": 3, "pretrained_weights": str(tmp_path / "r18.safetensors")})
     assert torch.equal(rgb.net.backbone.layer3[1].conv2.weight, state["layer3.1.conv2.weight"])
     assert torch.equal(rgb.label_net.backbone.conv1.weight, state["conv1.weight"])
-    grey = build_method("picie", {"channels": 1, "pretrained_weights": str(tmp_path / "r18.pth")})
+    assert rgb.extra_state()["pretrained_loaded"]
+    grey = fit_start({"channels": 1, "pretrained_weights": str(tmp_path / "r18.pth")})
     assert torch.allclose(grey.net.backbone.conv1.weight, state["conv1.weight"].sum(1, keepdim=True))
+    # A resumed run keeps its trained weights; a rebuilt checkpoint never needs the file.
+    resumed = build_method("picie", {"channels": 1, "pretrained_weights": str(tmp_path / "gone.pth")})
+    resumed.load_extra_state(grey.extra_state())
+    resumed.on_fit_start(_ctx())
     with pytest.raises(CheckpointError, match="not found"):
-        build_method("picie", {"pretrained_weights": str(tmp_path / "missing.pth")})
+        fit_start({"pretrained_weights": str(tmp_path / "missing.pth")})
     broken = {k: v for k, v in state.items() if not k.startswith("layer4")}
     torch.save(broken, tmp_path / "broken.pth")
     with pytest.raises(CheckpointError, match=r"broken.pth.*missing \d+ keys"):
-        build_method("picie", {"pretrained_weights": str(tmp_path / "broken.pth")})
+        fit_start({"pretrained_weights": str(tmp_path / "broken.pth")})
     (tmp_path / "junk.pth").write_bytes(b"not a torch file")
     with pytest.raises(CheckpointError, match="cannot read"):
-        build_method("picie", {"pretrained_weights": str(tmp_path / "junk.pth")})
+        fit_start({"pretrained_weights": str(tmp_path / "junk.pth")})
