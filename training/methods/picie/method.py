@@ -34,7 +34,9 @@ The faiss seed quirk (surprise 13) has no flag: our k-means init is seeded from 
 
 Input: 3-channel images are normalised with ImageNet mean/std (the pretrained trunk's); grey (1 channel) with
 their channel average (0.449 / 0.226), and ImageNet weights then get their first conv summed over RGB (a grey
-frame gives the response of that frame repeated on RGB). ``input_spec().stride`` is 32 (ResNet's res5).
+frame gives the response of that frame repeated on RGB). ImageNet weights (``pretrained_weights``, a local
+torchvision-layout file) are read by :meth:`PiCIE.on_fit_start`, once per run. ``input_spec().stride`` is 32
+(ResNet's res5). Before the first epoch ends the inference centroids are zeros (uniform probabilities).
 """
 
 from __future__ import annotations
