@@ -208,8 +208,7 @@ class Segmenter:
         native size, else its tile size, else 256 x 256.
         """
         shape = shape or self.meta.input.native_size or self._tile or (256, 256)
-        channels = {1: 1, 3: 3, 4: 4}[self.meta.input.channels]
-        frame = np.zeros((*shape, channels), np.uint8)
+        frame = np.zeros((*shape, self.meta.input.channels), np.uint8)
         for _ in range(runs):
             if batch_size > 1:
                 self.predict_batch([frame] * batch_size)
