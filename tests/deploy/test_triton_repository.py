@@ -3,6 +3,7 @@
 import importlib.util
 import sys
 
+import numpy as np
 import pytest
 
 from tests.conftest import ROOT
@@ -81,3 +82,73 @@ def test_refuses_incomplete_export_and_plan_on_cpu(tmp_path):
     (export / "model.json").unlink()
     with pytest.raises(SystemExit, match=r"model\.json is missing"):
         make_repository_mod.make_repository(export, tmp_path / "repo")
+
+
+def test_client_input_matches_the_sdk_preprocessing(tmp_path):
+    """The Triton client feeds the server the same tensor the embedded Segmenter feeds onnxruntime."""
+    import cv2
+
+    from usseg_sdk import Segmenter
+
+    client_spec = importlib.util.spec_from_file_location("triton_client", ROOT / "deploy" / "triton" / "client.py")
+    client = importlib.util.module_from_spec(client_spec)
+    client_spec.loader.exec_module(client)
+    path, meta = onnx_models.build_model(tmp_path / "m" / "model.onnx", channels=3, color_order="rgb", n_clusters=3,
+                                         stride=4)
+    frame = cv2.imread(str(ROOT / "samples" / "neu-seg" / "images" / "000111.jpg"))[:, :198]  # 200x198: padded
+    seg = Segmenter(path, device="cpu")
+    assert np.array_equal(client.prepare(frame, meta), seg.preprocess([frame]))
+    assert client.prepare(frame, meta).shape == (1, 3, 200, 200)
+
+
+@pytest.mark.slow
+def test_triton_server_round_trip(tmp_path):
+    """Start a real tritonserver on the generated repository; served labels must equal the SDK's.
+
+    Skipped where the tritonserver binary is absent (CI, this build machine); runs in NVIDIA's Triton image.
+    """
+    import shutil as sh
+    import socket
+    import subprocess
+    import time
+
+    import cv2
+
+    from usseg_sdk import Segmenter
+
+    if sh.which("tritonserver") is None:
+        pytest.skip("tritonserver is not installed on this machine")
+    import tritonclient.grpc as grpcclient
+
+    export = write_export(tmp_path / "export")
+    make_repository_mod.make_repository(export, tmp_path / "repo", name="toy")
+    ports = []
+    for _ in range(3):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+    server = subprocess.Popen(["tritonserver", f"--model-repository={tmp_path / 'repo'}", f"--http-port={ports[0]}",
+                               f"--grpc-port={ports[1]}", f"--metrics-port={ports[2]}"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        url = f"127.0.0.1:{ports[1]}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if grpcclient.InferenceServerClient(url=url).is_model_ready("toy"):
+                    break
+            except Exception:  # server still starting
+                pass
+            time.sleep(0.5)
+        else:
+            raise AssertionError("tritonserver did not get the model ready within 120 s")
+        client_spec = importlib.util.spec_from_file_location("triton_client", ROOT / "deploy" / "triton" / "client.py")
+        client = importlib.util.module_from_spec(client_spec)
+        client_spec.loader.exec_module(client)
+        frame = cv2.imread(str(ROOT / "samples" / "neu-seg" / "images" / "000111.jpg"))
+        meta = ModelMeta.load(export / "model.json")
+        served = client.infer_labels(frame, meta, url=url, model="toy")
+        assert np.array_equal(served, Segmenter(export, device="cpu").predict(frame).labels)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
