@@ -163,13 +163,16 @@ class InfoSeg(Method):
         images, labels = self._random_hflip(images, labels)
         local, globals_ = self.net.features(images)  # (B, C_f, U, V), (B, K, C_f)
         grid = local.shape[2:]
-        local = local.flatten(2)  # (B, C_f, P)
-        tau = self.net.tau()
-        probs, assigned = class_assignment(local, globals_, tau, detach=not self.config.no_detach)
-        valid = self._valid_locations(labels, grid)  # (B, P) or None
-        class_scores, class_mask = self._class_negatives(local, globals_, probs)
-        assigned, valid, offset = self._gather(assigned, valid, ctx)
-        loss = infoseg_loss(local, assigned, self.config.measure, valid, class_scores, class_mask, offset=offset)
+        # The segmentation step and the estimator run in float32 even under AMP: the critic's scores are dot
+        # products over C_f channels and softplus/softmax of them lose too much in bfloat16; they cost little.
+        with torch.autocast(images.device.type, enabled=False):
+            local, globals_ = _full_precision(local.flatten(2)), _full_precision(globals_)  # (B, C_f, P), (B, K, C_f)
+            tau = self.net.tau()
+            probs, assigned = class_assignment(local, globals_, tau, detach=not self.config.no_detach)
+            valid = self._valid_locations(labels, grid)  # (B, P) or None
+            class_scores, class_mask = self._class_negatives(local, globals_, probs)
+            assigned, valid, offset = self._gather(assigned, valid, ctx)
+            loss = infoseg_loss(local, assigned, self.config.measure, valid, class_scores, class_mask, offset)
         return {"loss": loss, **self._logs(loss, probs, tau)}
 
     def _check_images(self, batch: dict[str, torch.Tensor], ctx: FitContext) -> torch.Tensor:
@@ -264,6 +267,10 @@ class InfoSeg(Method):
         if head != "main":
             raise ConfigError(f"InfoSeg has one head, 'main'; got {head!r}")
         return self.net
+
+
+def _full_precision(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def _all_gather(t: torch.Tensor, ctx: FitContext) -> torch.Tensor:
