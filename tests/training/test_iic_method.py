@@ -169,3 +169,23 @@ def test_bad_config_and_batches_raise_config_errors():
         method.training_step({"image": torch.rand(2, 3, 20, 20)}, _ctx())
     with pytest.raises(ConfigError, match="at least 10"):
         method.training_step({"image": torch.rand(2, 1, 8, 20)}, _ctx())
+
+
+@pytest.mark.parametrize("name", ["iic_cocostuff3", "iic_cocostuff15", "iic_potsdam3", "iic_potsdam6", "iic_cpu"])
+def test_presets_build_and_match_their_paper_rows(name):
+    import yaml
+
+    from tests.conftest import ROOT
+
+    preset = yaml.safe_load((ROOT / "training" / "presets" / f"{name}.yaml").read_text())
+    method = build_method(preset["method"], preset["method_config"])
+    c = method.config
+    assert preset["data"]["train"]["crop"] == c.input_size and preset["data"]["train"]["channels"] == c.channels
+    paper = {"iic_cocostuff3": (3, 15, 1.5, 10, 1e-4, 120), "iic_cocostuff15": (15, 45, 1.0, 10, 1e-4, 60),
+             "iic_potsdam3": (3, 24, 1.5, 10, 1e-5, 75), "iic_potsdam6": (6, 36, 1.0, 5, 1e-6, 60)}
+    if name in paper:
+        assert (c.n_clusters, c.over_clusters, c.lamb_B, c.half_T, c.lr, preset["train"]["batch_size"]) == paper[name]
+        assert c.uncollapsed and c.width == 1.0 and c.num_sub_heads == 1 and not c.use_random_affine
+        assert c.sobel == ("append" if "coco" in name else "off")
+    else:
+        assert method.input_spec().mean == (0.44,) and c.width < 1.0

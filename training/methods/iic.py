@@ -239,8 +239,8 @@ class IIC(Method):
         c = self.config
         size = c.input_size
         return InputSpec(channels=c.channels, color_order=_COLOR_ORDER[c.channels],
-                         mean=tuple(float(v) for v in self.adapter.mean.flatten()),
-                         std=tuple(float(v) for v in self.adapter.std.flatten()),
+                         mean=tuple(float(v) for v in c.mean) if c.mean is not None else (0.0,) * c.channels,
+                         std=tuple(float(v) for v in c.std) if c.std is not None else (1.0,) * c.channels,
                          sobel=c.sobel != "off", stride=STRIDE, min_size=min_input_size(),
                          native_size=(size, size) if size else None)
 
