@@ -340,6 +340,8 @@ class _Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_config(self.config, self.run_dir / CONFIG_FILE)
         barrier(self.env)
+        self._clock, self._paused_s = time.monotonic(), 0.0  # the budget counts the loop, not the setup
+        self._window_clock = (self._clock, 0.0)
         self._open_metrics_log()
         self._log_start()
         try:
@@ -358,7 +360,6 @@ class _Trainer:
     def _open_metrics_log(self) -> None:
         if self.resume_from is not None:
             self.metrics.truncate(self._resume_log_lines)
-            self._event("resume", checkpoint=str(self.resume_from.path))
         else:
             self.metrics.reset()
 
@@ -367,9 +368,10 @@ class _Trainer:
         log.info("training %s on %s (%s), %d process(es), batch %d x %d, %d steps/epoch, run dir %s",
                  self.config["method"], self.device, amp, self.env.world_size, self.cfg.batch_size,
                  self.env.world_size, self.steps_per_epoch, self.run_dir)
-        self._event("start", method=self.config["method"], device=str(self.device), amp=self.use_amp,
-                    world_size=self.env.world_size, steps_per_epoch=self.steps_per_epoch,
-                    total_steps=self.total_steps)
+        resumed = {} if self.resume_from is None else {"checkpoint": str(self.resume_from.path)}
+        self._event("resume" if resumed else "start", method=self.config["method"], device=str(self.device),
+                    amp=self.use_amp, world_size=self.env.world_size, steps_per_epoch=self.steps_per_epoch,
+                    total_steps=self.total_steps, **resumed)
 
     def _run_epoch(self) -> str | None:
         c, ctx = self.c, self.ctx
