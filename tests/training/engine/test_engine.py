@@ -1,3 +1,4 @@
+import itertools
 import json
 import math
 
@@ -150,7 +151,7 @@ def test_lr_schedule_factors():
     factors = [lr_factor(s, cfg, total_steps=10) for s in range(10)]
     assert factors[:2] == [0.5, 1.0]
     assert factors[2] == pytest.approx(1.0) and factors[-1] == pytest.approx(0.5 * (1 + math.cos(math.pi * 7 / 8)))
-    assert all(a >= b for a, b in zip(factors[1:], factors[2:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(factors[1:]))
     assert lr_factor(5, TrainConfig(), total_steps=10) == 1.0
 
 
