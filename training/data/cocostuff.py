@@ -26,8 +26,9 @@ Protocols (``protocol``; every value below is only a default, any spec key overr
   random resized crops are the method's equivariant views); evaluation = shorter side 320 + centre 320 crop
   (PiCIE's ``round((w - res) / 2)`` offset); train2017 for training, val2017 for evaluation.
 
-Departure from IIC: images are RGB (IIC fed cv2's BGR arrays as RGB; SPEC.md "Surprises" item 7), and padded
-label pixels are ignored (IIC padded labels with fine class 0).
+Departures from IIC: images are RGB (IIC fed cv2's BGR arrays as RGB; SPEC.md "Surprises" item 7); padded
+label pixels are ignored (IIC padded labels with fine class 0); the pre-scaled image stays float (IIC truncated
+it back to uint8 for PIL's colour jitter, a loss of under 1/255).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ is a :class:`~training.errors.ConfigError` that lists the valid ones.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -51,7 +52,7 @@ def build_dataset(spec: Mapping[str, Any], *, train: bool) -> ImageDataset:
     """
     if not isinstance(spec, Mapping):
         raise ConfigError(f"a dataset spec must be a mapping with a 'kind' key, got {type(spec).__name__}")
-    values = dict(spec)
+    values = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in spec.items()}  # Path -> str
     if "kind" not in values:
         raise ConfigError(f"dataset spec {values} has no 'kind'; valid kinds: {', '.join(dataset_kinds())}")
     cls = get_dataset_class(values.pop("kind"))

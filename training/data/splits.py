@@ -17,17 +17,12 @@ form one group (union-find) and whole groups go to one side of every split. Grou
 ``numpy.random.default_rng(seed)`` permutation, stratified by each group's dominant defect class (the largest
 non-background class of its first image, 0 when it has none) so small splits still hold every class.
 
-Regenerate ``benchmarks/splits/neu_seg.json``::
-
-    .venv/bin/python -m training.data.splits ../shared/data/neu-seg --out benchmarks/splits/neu_seg.json \\
-        --eval 800 --calibration 40 --seed 0
+The CLI that writes such a file is ``python -m training.data.make_splits``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +30,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from training.data.image_io import is_image_file
 from training.errors import ConfigError, DataError
 
 DESCRIPTOR_SIDE = 100  # images are compared at 100x100 (cv2 INTER_AREA)
@@ -199,15 +195,13 @@ def make_grouped_splits(
 
 def dominant_class(mask: np.ndarray) -> int:
     """The most frequent non-zero class of a label map; 0 when it has none."""
-    counts = np.bincount(mask.ravel(), minlength=2)[1:]
-    counts = counts[:255] if counts.size > 255 else counts  # 255 = ignore, never a class
-    return int(np.argmax(counts)) + 1 if counts.sum() else 0
+    counts = np.bincount(mask.ravel(), minlength=256)
+    counts[0] = counts[255] = 0  # background and ignore never dominate
+    return int(np.argmax(counts)) if counts.any() else 0
 
 
-# -- the CLI ---------------------------------------------------------------------------------------------------
+# -- a whole dataset ------------------------------------------------------------------------------------------
 def _image_paths(root: Path, images_dir: str, masks_dir: str) -> tuple[list[str], list[Path], list[Path]]:
-    from training.data.image_io import is_image_file
-
     images = sorted(p for p in (root / images_dir).glob("*") if is_image_file(p))
     if not images:
         raise DataError(f"no images in {root / images_dir}")
@@ -261,34 +255,3 @@ def build_split_record(
         },
         **{name: [ids[i] for i in v] for name, v in splits.items()},
     }
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m training.data.splits",
-        description="Make near-duplicate-aware train/calibration/eval splits of an images/ + masks/ dataset.",
-    )
-    parser.add_argument("root", type=Path, help="dataset folder with images/<id>.* and masks/<id>.png")
-    parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
-    parser.add_argument("--eval", type=int, default=800, help="images held out for evaluation")
-    parser.add_argument("--calibration", type=int, default=40, help="labelled images inside train")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--block-threshold", type=float, default=BLOCK_THRESHOLD,
-                        help="correlation above which two co-located blocks count as the same region")
-    parser.add_argument("--min-blocks", type=int, default=MIN_BLOCKS,
-                        help="matching blocks (of 16) that make two images near-duplicates")
-    args = parser.parse_args(argv)
-    from usseg_sdk.atomic import write_text_atomic
-
-    record = build_split_record(
-        args.root, args.eval, args.calibration, args.seed, args.block_threshold, args.min_blocks
-    )
-    write_text_atomic(args.out, json.dumps(record, indent=1) + "\n")
-    nd = record["near_duplicates"]
-    print(f"{record['n_images']} images, {nd['pairs']} near-duplicate pairs in {len(nd['groups'])} groups; "
-          f"counts {record['counts']} -> {args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
