@@ -490,10 +490,12 @@ class _Trainer:
 
     def _finish(self, reason: str) -> FitResult:
         c = self.c
-        improved = False
+        improved = evaluated = False
         if self.eval_loader is not None and c.last_eval_step != c.step:
-            improved = self._evaluate()
-        self._save(last=self._last_saved_step != c.step, best=improved or self.eval_loader is None)
+            improved, evaluated = self._evaluate(), True
+        # Re-save last after a final evaluation even at an already saved step: its state must hold the scores
+        # (a resume compares new evaluations with best_miou) and the log lines written since.
+        self._save(last=evaluated or self._last_saved_step != c.step, best=improved or self.eval_loader is None)
         c.elapsed_s = self._elapsed()
         self._event("end", reason=reason)
         log.info("stopped (%s) at step %d, epoch %d after %.1f s of training%s", reason, c.step, c.epoch,

@@ -135,6 +135,19 @@ def test_best_is_the_best_evaluation_and_last_the_end(tmp_path):
     assert (info.step, info.metrics["best_miou"], method.epochs_done) == (8, evals[1], 2)
 
 
+def test_a_resumed_run_keeps_the_best_score_of_the_stopped_one(tmp_path):
+    """The stop at max_steps evaluates after the periodic checkpoint of the same step: last must hold that score."""
+    cfg = config("toy_scripted", {"good_epochs": [0]}, epochs=1, max_steps=2, checkpoint_every_steps=2)
+    first = fit(cfg, tmp_path / "run", train_dataset=TRAIN, eval_dataset=EVAL)
+    assert first.best_miou > 0.9 and first.best_step == 2
+    cfg["train"]["max_steps"] = None
+    second = fit(cfg, tmp_path / "run", resume=True, train_dataset=TRAIN, eval_dataset=EVAL)
+    assert second.last_eval["miou"] < 0.5  # epochs_done = 1: the bad predictions
+    assert (second.best_miou, second.best_step) == (first.best_miou, 2)
+    assert ck.open_checkpoint(tmp_path / "run" / "checkpoints" / "best").state["step"] == 2
+    assert [r["step"] for r in records(tmp_path / "run") if r["kind"] == "eval"] == [2, 4]
+
+
 def test_without_evaluation_best_is_the_last(tmp_path):
     fit(config(epochs=1), tmp_path / "run", train_dataset=TRAIN)
     assert_same_weights(tmp_path / "run" / "checkpoints" / "best", tmp_path / "run" / "checkpoints" / "last")
