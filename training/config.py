@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,25 @@ def _one_of(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"train.{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``1e-4`` (no dot) as a string; configs mean a number, as YAML 1.2 and JSON do."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                |[-+]?\.(?:inf|Inf|INF)
+                |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader: no Python objects
+
+
 # -- presets ------------------------------------------------------------------------------------------
 def available_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
@@ -104,7 +124,7 @@ def preset_path(name_or_path: str | Path) -> Path:
 
 def load_yaml(path: Path) -> dict[str, Any]:
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(f"cannot read {path}: {e}") from e
     except yaml.YAMLError as e:
@@ -128,7 +148,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key or any(not part for part in key.split(".")):
         raise ConfigError(f"--set expects key=value with a dotted key (e.g. train.epochs=3), got {text!r}")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = yaml_load(value) if value.strip() else None
     except yaml.YAMLError as e:
         raise ConfigError(f"--set {key}: value {value!r} is not valid YAML: {e}") from e
     return key.split("."), parsed

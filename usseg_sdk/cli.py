@@ -106,25 +106,29 @@ def run_predict(args: argparse.Namespace) -> int:
     progress = Progress(total, "usseg predict", enabled=not args.quiet)
     rows: list[tuple[str, int, str]] = []
     n_frames = n_defects = 0
+    interrupted = False
     with open(out / "defects.jsonl", "w", encoding="utf-8") as jsonl:
-        for ids, frames in _chunks(source, seg.config.batch_size, args.max_frames):
-            for frame_id, res in _predict_chunk(seg, ids, frames, failures):
-                defects = res.defects(min_area=args.min_area)
-                _write_outputs(out, frame_id, res, args)
-                rows.extend(res.to_rle(frame_id))
-                record = {"image_id": frame_id, "height": res.shape[0], "width": res.shape[1],
-                          "defects": [d.to_dict() for d in defects]}
-                jsonl.write(json.dumps(record) + "\n")
-                n_frames += 1
-                n_defects += len(defects)
-            progress.update(len(ids))
+        try:
+            for ids, frames in _chunks(source, seg.config.batch_size, args.max_frames):
+                for frame_id, res in _predict_chunk(seg, ids, frames, failures):
+                    defects = res.defects(min_area=args.min_area)
+                    _write_outputs(out, frame_id, res, args)
+                    rows.extend(res.to_rle(frame_id))
+                    record = {"image_id": frame_id, "height": res.shape[0], "width": res.shape[1],
+                              "defects": [d.to_dict() for d in defects]}
+                    jsonl.write(json.dumps(record) + "\n")
+                    n_frames += 1
+                    n_defects += len(defects)
+                progress.update(len(ids))
+        except KeyboardInterrupt:  # a camera runs until Ctrl-C: keep what was predicted
+            interrupted = True
     progress.close()
     write_csv(out / "predictions.csv", rows)
     for frame_id, message in failures:
         print(f"usseg predict: skipped {frame_id}: {message}", file=sys.stderr)
     print(f"{n_frames} frames, {n_defects} defect regions -> {out} (predictions.csv, defects.jsonl"
           f"{', labels/' if not args.no_labels else ''}{', overlays/' if not args.no_overlay else ''})")
-    return 1 if failures else 0
+    return 130 if interrupted else 1 if failures else 0
 
 
 def _chunks(source: Iterable[tuple[str, np.ndarray]], size: int,

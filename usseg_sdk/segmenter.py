@@ -119,9 +119,11 @@ class Segmenter:
         self._static_batch = shape[0]
         static = (shape[h_axis], shape[w_axis])
         self._static_hw = static if None not in static else None
-        limit = image.max_shape
+        limit, low = image.max_shape, image.min_shape
         self._max_hw = (limit[h_axis], limit[w_axis]) if limit is not None else None
         self._max_batch = limit[0] if limit is not None else None
+        self._min_hw = (round_up(low[h_axis], meta.input.stride), round_up(low[w_axis], meta.input.stride)) \
+            if low is not None else None
         self._setup_outputs()
         self._setup_tiling()
 
@@ -151,7 +153,9 @@ class Segmenter:
             tile = cap if tile is None else (min(tile[0], cap[0]), min(tile[1], cap[1]))
         if tile is not None and self._static_hw is None:
             floor = max(2 * spec.stride, spec.min_size)  # a tile holds its reflect padding (< stride)
-            tile = (round_up(max(tile[0], floor), spec.stride), round_up(max(tile[1], floor), spec.stride))
+            low = self._min_hw or (0, 0)
+            tile = (round_up(max(tile[0], floor, low[0]), spec.stride),
+                    round_up(max(tile[1], floor, low[1]), spec.stride))
         self._tile = tile
         self._overlap = cfg.overlap if cfg.overlap is not None else self.meta.tiling.overlap
         if tile is not None and min(tile) - self._overlap < spec.stride:
@@ -204,8 +208,7 @@ class Segmenter:
         native size, else its tile size, else 256 x 256.
         """
         shape = shape or self.meta.input.native_size or self._tile or (256, 256)
-        channels = {1: 1, 3: 3, 4: 4}[self.meta.input.channels]
-        frame = np.zeros((*shape, channels), np.uint8)
+        frame = np.zeros((*shape, self.meta.input.channels), np.uint8)
         for _ in range(runs):
             if batch_size > 1:
                 self.predict_batch([frame] * batch_size)
@@ -278,8 +281,9 @@ class Segmenter:
         planes = model_planes(frame, spec, self.config.frame_order)
         h, w = planes[0].shape
         hp, wp = padded_size(h, w, spec)
-        if self._static_hw is not None:
-            hp, wp = max(hp, self._static_hw[0]), max(wp, self._static_hw[1])
+        least = self._static_hw or self._min_hw  # a fixed input size, or a TensorRT profile's minimum
+        if least is not None:
+            hp, wp = max(hp, least[0]), max(wp, least[1])
         tile = None
         if self._tile is not None and (hp > self._tile[0] or wp > self._tile[1]):
             tile = (min(self._tile[0], hp), min(self._tile[1], wp))

@@ -3,16 +3,18 @@
 import importlib.util
 import sys
 
+import numpy as np
 import pytest
 
 from tests.conftest import ROOT
-from usseg_sdk.meta import InputSpec, ModelMeta
+from usseg_sdk.meta import ModelMeta
 
-onnx = pytest.importorskip("onnx")
+pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2")
 from google.protobuf import text_format  # noqa: E402  (comes with tritonclient)
-from onnx import TensorProto, helper  # noqa: E402
+
+from tests.sdk import onnx_models  # noqa: E402
 
 spec = importlib.util.spec_from_file_location("make_repository", ROOT / "deploy" / "triton" / "make_repository.py")
 make_repository_mod = importlib.util.module_from_spec(spec)
@@ -21,37 +23,9 @@ spec.loader.exec_module(make_repository_mod)
 
 
 def write_export(folder, *, dynamic=True):
-    """A two-cluster threshold 'net' with the exported-graph contract's inputs, outputs and initializers."""
-    b, h, w = ("batch", "height", "width") if dynamic else (1, 16, 16)
-    nodes = [
-        helper.make_node("Cast", ["image"], ["x"], to=TensorProto.FLOAT),
-        helper.make_node("Div", ["x", "c255"], ["p"]),
-        helper.make_node("Sub", ["one", "p"], ["q"]),
-        helper.make_node("Concat", ["q", "p"], ["probs"], axis=1),
-        helper.make_node("ArgMax", ["probs"], ["am"], axis=1, keepdims=0),
-        helper.make_node("Cast", ["am"], ["clusters"], to=TensorProto.UINT8),
-        helper.make_node("Gather", ["usseg_cluster_to_class", "am"], ["lab64"]),
-        helper.make_node("Cast", ["lab64"], ["labels"], to=TensorProto.UINT8),
-        helper.make_node("Einsum", ["usseg_class_from_cluster", "probs"], ["scores"], equation="ck,bkhw->bchw"),
-    ]
-    inits = [helper.make_tensor("c255", TensorProto.FLOAT, [], [255.0]),
-             helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
-             helper.make_tensor("usseg_cluster_to_class", TensorProto.INT64, [2], [0, 1]),
-             helper.make_tensor("usseg_class_from_cluster", TensorProto.FLOAT, [2, 2], [1, 0, 0, 1])]
-    graph = helper.make_graph(
-        nodes, "threshold", [helper.make_tensor_value_info("image", TensorProto.UINT8, [b, 1, h, w])],
-        [helper.make_tensor_value_info("clusters", TensorProto.UINT8, [b, h, w]),
-         helper.make_tensor_value_info("labels", TensorProto.UINT8, [b, h, w]),
-         helper.make_tensor_value_info("scores", TensorProto.FLOAT, [b, 2, h, w])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    meta = ModelMeta.uncalibrated(method="toy", n_clusters=2, input=InputSpec(
-        channels=1, color_order="gray", mean=(0.0,), std=(1.0,)))
-    for k, v in meta.to_metadata_props().items():
-        model.metadata_props.add(key=k, value=v)
-    onnx.checker.check_model(model, full_check=True)
-    folder.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, folder / "model.onnx")
-    meta.save(folder / "model.json")
+    """An export directory (model.onnx + model.json) following the exported-graph contract, with scores."""
+    static = {} if dynamic else {"static_hw": (16, 16), "static_batch": 1}
+    onnx_models.build_model(folder / "model.onnx", n_clusters=2, scores=True, **static)
     return folder
 
 
@@ -64,7 +38,7 @@ def test_onnx_repository_parses_as_triton_model_config(tmp_path):
     folder = make_repository_mod.make_repository(export, tmp_path / "repo", name="neu", max_batch_size=8,
                                                  instances=2, kind="cpu")
     assert (folder / "1" / "model.onnx").read_bytes() == (export / "model.onnx").read_bytes()
-    assert ModelMeta.load(folder / "model.json").method == "toy"
+    assert ModelMeta.load(folder / "model.json").method == "test"
     cfg = parse(folder / "config.pbtxt")
     assert cfg.name == "neu" and cfg.backend == "onnxruntime" and cfg.max_batch_size == 8
     assert [(i.name, model_config_pb2.DataType.Name(i.data_type), list(i.dims)) for i in cfg.input] == [
@@ -108,3 +82,73 @@ def test_refuses_incomplete_export_and_plan_on_cpu(tmp_path):
     (export / "model.json").unlink()
     with pytest.raises(SystemExit, match=r"model\.json is missing"):
         make_repository_mod.make_repository(export, tmp_path / "repo")
+
+
+def test_client_input_matches_the_sdk_preprocessing(tmp_path):
+    """The Triton client feeds the server the same tensor the embedded Segmenter feeds onnxruntime."""
+    import cv2
+
+    from usseg_sdk import Segmenter
+
+    client_spec = importlib.util.spec_from_file_location("triton_client", ROOT / "deploy" / "triton" / "client.py")
+    client = importlib.util.module_from_spec(client_spec)
+    client_spec.loader.exec_module(client)
+    path, meta = onnx_models.build_model(tmp_path / "m" / "model.onnx", channels=3, color_order="rgb", n_clusters=3,
+                                         stride=4)
+    frame = cv2.imread(str(ROOT / "samples" / "neu-seg" / "images" / "000111.jpg"))[:, :198]  # 200x198: padded
+    seg = Segmenter(path, device="cpu")
+    assert np.array_equal(client.prepare(frame, meta), seg.preprocess([frame]))
+    assert client.prepare(frame, meta).shape == (1, 3, 200, 200)
+
+
+@pytest.mark.slow
+def test_triton_server_round_trip(tmp_path):
+    """Start a real tritonserver on the generated repository; served labels must equal the SDK's.
+
+    Skipped where the tritonserver binary is absent (CI, this build machine); runs in NVIDIA's Triton image.
+    """
+    import shutil as sh
+    import socket
+    import subprocess
+    import time
+
+    import cv2
+
+    from usseg_sdk import Segmenter
+
+    if sh.which("tritonserver") is None:
+        pytest.skip("tritonserver is not installed on this machine")
+    import tritonclient.grpc as grpcclient
+
+    export = write_export(tmp_path / "export")
+    make_repository_mod.make_repository(export, tmp_path / "repo", name="toy")
+    ports = []
+    for _ in range(3):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+    server = subprocess.Popen(["tritonserver", f"--model-repository={tmp_path / 'repo'}", f"--http-port={ports[0]}",
+                               f"--grpc-port={ports[1]}", f"--metrics-port={ports[2]}"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        url = f"127.0.0.1:{ports[1]}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if grpcclient.InferenceServerClient(url=url).is_model_ready("toy"):
+                    break
+            except Exception:  # server still starting
+                pass
+            time.sleep(0.5)
+        else:
+            raise AssertionError("tritonserver did not get the model ready within 120 s")
+        client_spec = importlib.util.spec_from_file_location("triton_client", ROOT / "deploy" / "triton" / "client.py")
+        client = importlib.util.module_from_spec(client_spec)
+        client_spec.loader.exec_module(client)
+        frame = cv2.imread(str(ROOT / "samples" / "neu-seg" / "images" / "000111.jpg"))
+        meta = ModelMeta.load(export / "model.json")
+        served = client.infer_labels(frame, meta, url=url, model="toy")
+        assert np.array_equal(served, Segmenter(export, device="cpu").predict(frame).labels)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -68,7 +68,8 @@ class _Context:
         self.addresses: dict[str, int] = {}
 
     def set_input_shape(self, name: str, shape: tuple[int, ...]) -> bool:
-        if any(s > m for s, m in zip(shape, self.engine.max_shape, strict=True)):
+        if any(not lo <= s <= hi for s, lo, hi in zip(shape, self.engine.min_shape, self.engine.max_shape,
+                                                       strict=True)):
             return False
         self.shapes[name] = tuple(shape)
         return True
@@ -98,6 +99,7 @@ class _Engine:
         self.names = ["image"] + [o.name for o in self.session.get_outputs()]
         c = self.session.get_inputs()[0].shape[1]
         self.max_shape = (8, c, *max_hw)
+        self.min_shape = (1, c, 8, 8)
         self.channels = c
         scores = [o for o in self.session.get_outputs() if o.name == "scores"]
         self.n_classes = scores[0].shape[1] if scores and isinstance(scores[0].shape[1], int) else 3
@@ -121,7 +123,7 @@ class _Engine:
         return (-1, -1, -1, -1) if name == "scores" else (-1, -1, -1)
 
     def get_tensor_profile_shape(self, name: str, profile: int) -> tuple[tuple[int, ...], ...]:
-        return ((1, self.channels, 8, 8), (1, self.channels, 64, 64), self.max_shape)
+        return (self.min_shape, (1, self.channels, 64, 64), self.max_shape)
 
     def create_execution_context(self) -> _Context:
         return _Context(self)

@@ -1,10 +1,12 @@
 """InfoSeg: segmentation step, stop-gradient, the objective's wiring, training, inference and config contract."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from training.errors import ConfigError, DataError
 from training.losses.infomax import fenchel_dual_loss, location_mi_estimate
@@ -89,7 +91,7 @@ def test_method_loss_is_per_location_dim_jsd_plus_2ln2():
     n_loc = local.shape[2]
     expected = sum(fenchel_dual_loss(local[:, :, p:p + 1], assigned[:, :, p:p + 1], "JSD") for p in range(n_loc))
     assert abs(float(out["loss"].detach()) - (float(expected.detach()) / n_loc + 2 * math.log(2))) < 1e-12
-    assert abs(out["mi_jsd"] - (2 * math.log(2) - float(out["loss"].detach()))) < 1e-12
+    assert abs(out["mi_estimate"] - (2 * math.log(2) - float(out["loss"].detach()))) < 1e-12
 
 
 # -- training ----------------------------------------------------------------------------------------
@@ -115,12 +117,12 @@ def test_a_few_steps_raise_the_estimate_on_two_textures():
     opt = method.configure_optimizer()
     for group in opt.param_groups:
         group["lr"] = 2e-3
-    before = method.training_step(images, CTX)["mi_jsd"]
+    before = method.training_step(images, CTX)["mi_estimate"]
     for _ in range(5):
         opt.zero_grad()
         method.training_step(images, CTX)["loss"].backward()
         opt.step()
-    after = method.training_step(images, CTX)["mi_jsd"]
+    after = method.training_step(images, CTX)["mi_estimate"]
     assert after > before + 0.2
 
 
@@ -216,3 +218,37 @@ def test_bad_batches_are_named():
     with pytest.raises(ConfigError, match="one head"):
         method.inference_net("over")
     assert isinstance(method.config, InfoSegConfig)
+
+
+def test_loss_stays_float32_under_autocast():
+    method = _method(hflip_p=0.0)
+    images = {"image": _two_textures(4)}
+    plain = method.training_step(images, CTX)["loss"]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = method.training_step(images, CTX)["loss"]
+    assert mixed.dtype == torch.float32
+    assert abs(float(mixed.detach()) - float(plain.detach())) < 0.05 * float(plain.detach())
+
+
+PRESETS = sorted((Path(__file__).resolve().parents[2] / "training" / "presets").glob("infoseg_*.yaml"))
+
+
+def test_every_paper_row_and_the_cpu_preset_exist():
+    names = {p.stem for p in PRESETS}
+    assert names == {"infoseg_cocostuff3", "infoseg_cocostuff15", "infoseg_potsdam3", "infoseg_potsdam6",
+                     "infoseg_cpu"}
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
+def test_preset_builds_and_matches_its_dataset(path):
+    preset = yaml.safe_load(path.read_text(encoding="utf-8"))
+    assert path.read_text(encoding="utf-8").startswith("# ")  # header comment
+    assert preset["method"] == "infoseg"
+    method = build_method("infoseg", preset["method_config"])
+    cfg = method.config
+    train = preset["data"]["train"]
+    assert cfg.channels == train["channels"] == preset["data"]["eval"]["channels"]
+    if "classes" in train:
+        assert cfg.n_clusters == train["classes"]
+    assert preset["train"]["batch_size"] >= 2  # negatives come from the other images of the batch
+    assert method.input_spec().native_size == (cfg.native_size, cfg.native_size)

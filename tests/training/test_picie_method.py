@@ -155,6 +155,10 @@ def test_config_and_batch_errors_are_clear():
         build_method("picie", {"eval_centroids": "best"})
     with pytest.raises(ConfigError, match="channels"):
         build_method("picie", {"channels": 2})
+    with pytest.raises(ConfigError, match="backbone_width 64"):
+        build_method("picie", {"backbone_width": 32, "pretrained_weights": "r18.pth"})
+    narrow = build_method("picie", {**SMALL, "backbone_width": 16, "feature_dim": 32})
+    assert narrow.net(torch.rand(1, 1, 64, 64)).shape == (1, 32, 16, 16)
     method = build_method("picie", SMALL)
     batch = {"image": torch.rand(2, 1, 32, 32), "index": torch.tensor([0, 1])}
     with pytest.raises(TrainingError, match="on_epoch_start"):
@@ -218,17 +222,27 @@ def test_imagenet_weights_load_from_local_files(tmp_path):
     state = _torchvision_state()
     save_file(state, str(tmp_path / "r18.safetensors"))
     torch.save(state, tmp_path / "r18.pth")
-    rgb = build_method("picie", {"channels": 3, "pretrained_weights": str(tmp_path / "r18.safetensors")})
+    def fit_start(config: dict) -> PiCIE:
+        method = build_method("picie", config)
+        method.on_fit_start(_ctx())
+        return method
+
+    rgb = fit_start({"channels": 3, "pretrained_weights": str(tmp_path / "r18.safetensors")})
     assert torch.equal(rgb.net.backbone.layer3[1].conv2.weight, state["layer3.1.conv2.weight"])
     assert torch.equal(rgb.label_net.backbone.conv1.weight, state["conv1.weight"])
-    grey = build_method("picie", {"channels": 1, "pretrained_weights": str(tmp_path / "r18.pth")})
+    assert rgb.extra_state()["pretrained_loaded"]
+    grey = fit_start({"channels": 1, "pretrained_weights": str(tmp_path / "r18.pth")})
     assert torch.allclose(grey.net.backbone.conv1.weight, state["conv1.weight"].sum(1, keepdim=True))
+    # A resumed run keeps its trained weights; a rebuilt checkpoint never needs the file.
+    resumed = build_method("picie", {"channels": 1, "pretrained_weights": str(tmp_path / "gone.pth")})
+    resumed.load_extra_state(grey.extra_state())
+    resumed.on_fit_start(_ctx())
     with pytest.raises(CheckpointError, match="not found"):
-        build_method("picie", {"pretrained_weights": str(tmp_path / "missing.pth")})
+        fit_start({"pretrained_weights": str(tmp_path / "missing.pth")})
     broken = {k: v for k, v in state.items() if not k.startswith("layer4")}
     torch.save(broken, tmp_path / "broken.pth")
     with pytest.raises(CheckpointError, match=r"broken.pth.*missing \d+ keys"):
-        build_method("picie", {"pretrained_weights": str(tmp_path / "broken.pth")})
+        fit_start({"pretrained_weights": str(tmp_path / "broken.pth")})
     (tmp_path / "junk.pth").write_bytes(b"not a torch file")
     with pytest.raises(CheckpointError, match="cannot read"):
-        build_method("picie", {"pretrained_weights": str(tmp_path / "junk.pth")})
+        fit_start({"pretrained_weights": str(tmp_path / "junk.pth")})

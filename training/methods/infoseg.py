@@ -34,7 +34,8 @@ proposal [P], with the row of SPEC's unknowns table (§4) and the reason:
 * ``gather_negatives = False``: under DDP the negatives come from the rank's own batch, so W ranks x b images
   optimise the objective of batch b, not W*b (fewer negatives, a different estimator bias); with b = 1 there are
   none and the step raises. ``True`` gathers S from all ranks (through ``ctx.all_reduce_sum``, differentiable),
-  which restores the W*b objective; it needs the same per-rank batch size on every rank.
+  which restores the W*b objective; it needs the same per-rank batch size on every rank (the engine's loader
+  gives full batches only), and b = 1 also needs ``train.sync_batchnorm`` (the global MLP's BatchNorm1d).
 * Inputs (SPEC §B.4, "as IIC"): images only divided by 255 (``input_mean`` 0, ``input_std`` 1 per channel); COCO
   RGB + Sobel (``sobel = "append"``), Potsdam RGBIR (4 channels).
 
@@ -163,13 +164,16 @@ class InfoSeg(Method):
         images, labels = self._random_hflip(images, labels)
         local, globals_ = self.net.features(images)  # (B, C_f, U, V), (B, K, C_f)
         grid = local.shape[2:]
-        local = local.flatten(2)  # (B, C_f, P)
-        tau = self.net.tau()
-        probs, assigned = class_assignment(local, globals_, tau, detach=not self.config.no_detach)
-        valid = self._valid_locations(labels, grid)  # (B, P) or None
-        class_scores, class_mask = self._class_negatives(local, globals_, probs)
-        assigned, valid, offset = self._gather(assigned, valid, ctx)
-        loss = infoseg_loss(local, assigned, self.config.measure, valid, class_scores, class_mask, offset=offset)
+        # The segmentation step and the estimator run in float32 even under AMP: the critic's scores are dot
+        # products over C_f channels and softplus/softmax of them lose too much in bfloat16; they cost little.
+        with torch.autocast(images.device.type, enabled=False):
+            local, globals_ = _full_precision(local.flatten(2)), _full_precision(globals_)  # (B, C_f, P), (B, K, C_f)
+            tau = self.net.tau()
+            probs, assigned = class_assignment(local, globals_, tau, detach=not self.config.no_detach)
+            valid = self._valid_locations(labels, grid)  # (B, P) or None
+            class_scores, class_mask = self._class_negatives(local, globals_, probs)
+            assigned, valid, offset = self._gather(assigned, valid, ctx)
+            loss = infoseg_loss(local, assigned, self.config.measure, valid, class_scores, class_mask, offset)
         return {"loss": loss, **self._logs(loss, probs, tau)}
 
     def _check_images(self, batch: dict[str, torch.Tensor], ctx: FitContext) -> torch.Tensor:
@@ -183,15 +187,14 @@ class InfoSeg(Method):
                             f"{self.config.channels} (method_config.channels)")
         if images.shape[0] < 2 and not (self.config.gather_negatives and ctx.distributed):
             raise ConfigError(f"InfoSeg takes its negatives from the other images of the batch: a batch of "
-                              f"{images.shape[0]} image has none; use batch_size >= 2 (and drop the last partial "
-                              f"batch)")
+                              f"{images.shape[0]} image has none; use train.batch_size >= 2")
         return images
 
     def _check_labels(self, batch: dict[str, torch.Tensor], images: torch.Tensor) -> torch.Tensor:
         labels = batch.get("label")
         if not isinstance(labels, torch.Tensor):
             raise DataError("InfoSeg iic_train_mask=True needs batch['label'] (B, H, W) with 255 = ignore; the "
-                            "training dataset gives no labels")
+                            "training dataset gives no labels (data.train.train_labels: true)")
         if labels.shape != (images.shape[0], *images.shape[2:]):
             raise DataError(f"batch['label'] has shape {tuple(labels.shape)}, expected "
                             f"{(images.shape[0], *images.shape[2:])} to match batch['image']")
@@ -233,11 +236,11 @@ class InfoSeg(Method):
             valid = _all_gather(valid, ctx)
         return assigned, valid, ctx.rank * assigned.shape[0] // ctx.world_size
 
-    @staticmethod
-    def _logs(loss: torch.Tensor, probs: torch.Tensor, tau: torch.Tensor) -> dict[str, float]:
+    def _logs(self, loss: torch.Tensor, probs: torch.Tensor, tau: torch.Tensor) -> dict[str, float]:
+        offset = 2 * math.log(2) if self.config.measure == "JSD" else 0.0
         usage = probs.detach().mean(dim=(0, 2))  # (K,) mean assignment of each cluster
         return {
-            "mi_jsd": 2 * math.log(2) - float(loss.detach()),  # DIM's JSD bound (only meaningful for measure=JSD)
+            "mi_estimate": offset - float(loss.detach()),  # the f-divergence bound; JSD's is at most 2 ln 2
             "cluster_usage_entropy": float(-(usage * usage.clamp_min(1e-12).log()).sum()),  # log K = balanced
             "tau": float(tau.detach()),
         }
@@ -264,6 +267,10 @@ class InfoSeg(Method):
         if head != "main":
             raise ConfigError(f"InfoSeg has one head, 'main'; got {head!r}")
         return self.net
+
+
+def _full_precision(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def _all_gather(t: torch.Tensor, ctx: FitContext) -> torch.Tensor:

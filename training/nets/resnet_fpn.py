@@ -57,9 +57,13 @@ class FPNDecoder(nn.Module):
 class ResNetFPN(nn.Module):
     """(B, C, H, W) normalised image -> (B, out_dim, ceil(H/4), ceil(W/4)) raw (un-normalised) features."""
 
-    def __init__(self, in_channels: int = 3, out_dim: int = 128):
+    def __init__(self, in_channels: int = 3, out_dim: int = 128, width: int = 64):
         super().__init__()
-        self.backbone: ResNet = resnet18(in_channels=in_channels)
+        # width 64 is ResNet-18 (the paper's, ImageNet weights); smaller widths (e.g. 32: stages 32/64/128/256)
+        # are a cheaper trunk of the same shape for CPU training, always from random init.
+        widths = (width, 2 * width, 4 * width, 8 * width)
+        self.backbone = resnet18(in_channels=in_channels) if width == 64 else ResNet(
+            (2, 2, 2, 2), in_channels=in_channels, widths=widths)
         self.decoder = FPNDecoder(self.backbone.out_channels, out_dim)  # type: ignore[arg-type]
         self.out_dim = out_dim
 

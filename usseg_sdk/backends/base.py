@@ -17,13 +17,14 @@ import numpy as np
 class TensorInfo:
     """A graph input or output: name, numpy dtype (None when unknown) and shape (None for a dynamic axis).
 
-    ``max_shape`` is the largest shape a TensorRT optimisation profile accepts (None: unbounded).
+    ``min_shape`` / ``max_shape`` bound the shapes a TensorRT optimisation profile accepts (None: unbounded).
     """
 
     name: str
     dtype: np.dtype | None
     shape: tuple[int | None, ...] | None
     max_shape: tuple[int, ...] | None = None
+    min_shape: tuple[int, ...] | None = None
 
 
 class Backend(abc.ABC):

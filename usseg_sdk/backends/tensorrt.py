@@ -108,10 +108,10 @@ class _Engine:
         dtype = np.dtype(self.trt.nptype(self.engine.get_tensor_dtype(name)))
         dims = tuple(int(d) for d in self.engine.get_tensor_shape(name))
         shape = tuple(d if d >= 0 else None for d in dims)
-        max_shape = None
-        if is_input and None in shape:
-            max_shape = tuple(int(d) for d in self.engine.get_tensor_profile_shape(name, 0)[2])
-        return TensorInfo(name, dtype, shape, max_shape)
+        if not (is_input and None in shape):
+            return TensorInfo(name, dtype, shape)
+        low, _, high = self.engine.get_tensor_profile_shape(name, 0)  # (min, opt, max) of profile 0
+        return TensorInfo(name, dtype, shape, tuple(int(d) for d in high), tuple(int(d) for d in low))
 
 
 class TensorRTBackend(Backend):

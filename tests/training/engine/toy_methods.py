@@ -35,6 +35,7 @@ class ToyConfig(MethodConfig):
     augment: bool = True  # random flips drawn from the global torch RNG (resume must repeat them)
     optimizer: str = "sgd"  # sgd | adam
     nan_at_step: int | None = None  # the loss is NaN when ctx.step equals this (0-based step index)
+    poison_at_step: int | None = None  # on_step_end sets a weight to inf when ctx.step equals this
     step_sleep_s: float = 0.0  # slow steps down (the SIGKILL test needs time to kill mid-run)
     epoch_pass: bool = False  # on_epoch_start iterates ctx.train_loader, like PiCIE's k-means
 
@@ -53,9 +54,15 @@ class _ToyNet(nn.Module):
 
 @register_method("toy_seg")
 class ToySeg(Method):
-    """Tiny conv net for engine tests."""
+    """Tiny conv net for engine tests. Set ``ToySeg.record = []`` to record the hook calls."""
 
     config_class = ToyConfig
+    record: list[str] | None = None
+    grad_norms: list[float] = []  # noqa: RUF012  (global norm seen in after_backward, appended per step)
+
+    def _record(self, name: str) -> None:
+        if ToySeg.record is not None:
+            ToySeg.record.append(name)
 
     def __init__(self, config: ToyConfig):
         super().__init__(config)
@@ -71,6 +78,7 @@ class ToySeg(Method):
         cfg: ToyConfig = self.config  # type: ignore[assignment]
         if cfg.step_sleep_s:
             time.sleep(cfg.step_sleep_s)
+        self._record(f"training_step:{ctx.step}")
         x = batch["image"]  # (B, C, H, W)
         if cfg.augment:
             flip = (torch.rand(x.shape[0]) < 0.5).to(x.device).view(-1, 1, 1, 1)
@@ -101,7 +109,25 @@ class ToySeg(Method):
             return torch.optim.Adam(self.parameters(), lr=self.config.lr)
         return torch.optim.SGD(self.parameters(), lr=self.config.lr, momentum=0.9)
 
+    def on_fit_start(self, ctx: FitContext) -> None:
+        self._record("on_fit_start")
+
+    def after_backward(self, ctx: FitContext) -> None:
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        self._record(f"after_backward:{len(grads)}")
+        ToySeg.grad_norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+
+    def on_step_end(self, ctx: FitContext) -> None:
+        self._record(f"on_step_end:{ctx.step}")
+        if ctx.step == self.config.poison_at_step:  # type: ignore[attr-defined]
+            with torch.no_grad():
+                self.heads["main"].bias[0] = float("inf")
+
+    def on_epoch_end(self, ctx: FitContext) -> None:
+        self._record(f"on_epoch_end:{ctx.epoch}")
+
     def on_epoch_start(self, ctx: FitContext) -> None:
+        self._record(f"on_epoch_start:{ctx.epoch}:{ctx.train_loader is not None}")
         self.epochs_started += 1
         if not self.config.epoch_pass or ctx.train_loader is None:  # type: ignore[attr-defined]
             return
@@ -111,7 +137,8 @@ class ToySeg(Method):
                 f = self.trunk(batch["image"].to(ctx.device))  # (B, hidden, H, W)
                 total += ctx.all_reduce_sum(f.sum(dim=(0, 2, 3)))
                 n += f.shape[0] * f.shape[2] * f.shape[3] * ctx.world_size
-        self.feature_mean.copy_(total / n + 0.01 * torch.randn(total.shape).to(total.device))  # randn: RNG use in a hook
+        noise = 0.01 * torch.randn(total.shape).to(total.device)  # RNG use in a hook: resume must repeat it
+        self.feature_mean.copy_(total / n + noise)
         ctx.log({"feature_mean": float(self.feature_mean.mean())})
 
     def extra_state(self) -> dict:
@@ -167,3 +194,46 @@ class ToyImages(Dataset):
             return {"image": torch.from_numpy(image.copy())[None], "index": torch.tensor(index)}
         return {"image": torch.from_numpy(image)[None], "index": torch.tensor(index),
                 "label": torch.from_numpy(label)}
+
+
+@dataclass
+class ScriptedConfig(ToyConfig):
+    good_epochs: tuple[int, ...] = ()  # after these many completed epochs the predictions are perfect
+
+
+class _Scripted(nn.Module):
+    def __init__(self, good: bool):
+        super().__init__()
+        self.good = good
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, H, W) -> (B, 3, H, W)
+        cluster = (x[:, 0] > 0.325).long() + (x[:, 0] > 0.675).long()  # 0 dark, 1 mid, 2 bright
+        cluster = torch.tensor([0, 2, 1])[cluster] if self.good else torch.zeros_like(cluster)
+        return F.one_hot(cluster, 3).permute(0, 3, 1, 2).float()
+
+
+@register_method("toy_scripted")
+class ToyScripted(ToySeg):
+    """Trains like toy_seg; its evaluation quality follows ``good_epochs`` (for best-checkpoint tests)."""
+
+    config_class = ScriptedConfig
+
+    def __init__(self, config: ScriptedConfig):
+        super().__init__(config)
+        self.epochs_done = 0
+
+    def on_epoch_end(self, ctx: FitContext) -> None:
+        self.epochs_done = ctx.epoch + 1
+
+    def extra_state(self) -> dict:
+        return {**super().extra_state(), "epochs_done": self.epochs_done}
+
+    def load_extra_state(self, state: dict) -> None:
+        super().load_extra_state(state)
+        self.epochs_done = int(state.get("epochs_done", 0))
+
+    def eval_heads(self) -> dict[str, int]:
+        return {"main": 3}
+
+    def inference_net(self, head: str = "main") -> nn.Module:
+        return _Scripted(self.epochs_done in self.config.good_epochs)  # type: ignore[attr-defined]

@@ -13,8 +13,9 @@ Official: janghyuncho/PiCIE ``commons.py::run_mini_batch_kmeans`` (L52-133), ``u
 
 Departures, all deliberate:
 * Init: the official code calls faiss ``Clustering`` (version dependent, not reproducible across faiss
-  versions). Ours is k-means++ seeding (Arthur & Vassilvitskii 2007; one candidate per step, D^2 sampling from a
-  seeded CPU ``torch.Generator``) followed by ``init_iters`` Lloyd iterations; an empty cluster is re-seeded
+  versions). Ours is greedy k-means++ seeding (Arthur & Vassilvitskii 2007, with scikit-learn's 2 + ln K
+  candidates per step; D^2 sampling from a seeded CPU ``torch.Generator``) followed by ``init_iters`` Lloyd
+  iterations; an empty cluster is re-seeded
   the faiss way, by splitting the largest cluster's centroid c into c(1 +- eps) with alternating signs.
 * If the whole pass has fewer than ``init_batches`` batches, init runs on what there is at :meth:`finish` (the
   official code crashes there).
@@ -26,8 +27,8 @@ Departures, all deliberate:
   Every rank must feed the same number of batches (DistributedSampler pads to ensure this).
 
 Distances are computed as ||x||^2 - 2 x.c + ||c||^2 in chunks of ``chunk_size`` points (memory O(chunk * K)),
-with float32 matmuls forced to full precision (no TF32). Per-cluster sums use a one-hot matmul rather than
-``index_add_`` so GPU results are deterministic.
+with float32 matmuls forced to full precision (no TF32). Per-cluster sums use a one-hot matmul on CUDA rather
+than ``index_add_`` (atomics) so GPU results are deterministic.
 """
 
 from __future__ import annotations
@@ -75,36 +76,52 @@ def assign(points: torch.Tensor, centroids: torch.Tensor, chunk_size: int = 6553
 
 def cluster_sums(points: torch.Tensor, labels: torch.Tensor, n_clusters: int, chunk_size: int = 65536
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-cluster counts (K,) and coordinate sums (K, D), float64 accumulators (deterministic one-hot matmul)."""
+    """Per-cluster counts (K,) and coordinate sums (K, D) in float64.
+
+    On CUDA a one-hot matmul (``index_add_`` uses atomics there, so its float sums vary run to run); on the CPU
+    ``index_add_``, which is deterministic and K times cheaper."""
     counts = torch.bincount(labels, minlength=n_clusters).to(torch.float64)
     sums = torch.zeros(n_clusters, points.shape[1], dtype=torch.float64, device=points.device)
+    if points.device.type == "cpu":
+        return counts, sums.index_add_(0, labels, points.to(torch.float64))
     with full_precision_matmul():
         for x, y in zip(points.split(chunk_size), labels.split(chunk_size), strict=True):
             sums += (F.one_hot(y, n_clusters).to(x.dtype).T @ x).to(torch.float64)
     return counts, sums
 
 
-def kmeans_plus_plus(points: torch.Tensor, n_clusters: int, generator: torch.Generator) -> torch.Tensor:
-    """k-means++ seeds (K, D) drawn from ``points`` (M, D); random numbers come from the CPU ``generator``."""
+def kmeans_plus_plus(points: torch.Tensor, n_clusters: int, generator: torch.Generator,
+                     n_trials: int | None = None) -> torch.Tensor:
+    """Greedy k-means++ seeds (K, D) drawn from ``points`` (M, D), random numbers from the CPU ``generator``.
+
+    Each step draws ``n_trials`` candidates with probability proportional to D^2 and keeps the one that lowers the
+    potential most (scikit-learn's rule, default 2 + ln K trials; ``n_trials=1`` is plain k-means++)."""
     m = points.shape[0]
     if m < n_clusters:
         raise ValueError(f"k-means++ needs at least {n_clusters} points, got {m}")
+    trials = n_trials if n_trials is not None else 2 + int(math.log(n_clusters))
     x_sq = (points * points).sum(dim=1)  # (M,)
-    first = int(torch.randint(m, (1,), generator=generator))
-    seeds = [points[first]]
+
+    def sq_dist_to(idx: torch.Tensor) -> torch.Tensor:  # (T,) candidate indices -> (T, M)
+        c = points[idx]
+        return (x_sq.unsqueeze(0) - 2 * c @ points.T + (c * c).sum(dim=1, keepdim=True)).clamp_min(0)
+
+    first = torch.randint(m, (1,), generator=generator).to(points.device)
+    seeds = [first]
     with full_precision_matmul():
-        d2 = (x_sq - 2 * points @ seeds[0] + seeds[0] @ seeds[0]).clamp_min(0)
+        d2 = sq_dist_to(first)[0]
         for _ in range(1, n_clusters):
             cum = d2.to(torch.float64).cumsum(0)
-            u = float(torch.rand(1, generator=generator, dtype=torch.float64))
+            u = torch.rand(trials, generator=generator, dtype=torch.float64).to(points.device)
             if float(cum[-1]) > 0:
-                target = torch.tensor([u * float(cum[-1])], dtype=torch.float64, device=points.device)
-                idx = int(torch.searchsorted(cum, target).clamp_max(m - 1))
-            else:  # every point coincides with a seed: any point will do
-                idx = int(u * m)
-            seeds.append(points[idx])
-            d2 = torch.minimum(d2, (x_sq - 2 * points @ seeds[-1] + seeds[-1] @ seeds[-1]).clamp_min(0))
-    return torch.stack(seeds)
+                cand = torch.searchsorted(cum, u * cum[-1]).clamp_max(m - 1)
+            else:  # every point coincides with a seed: any points will do
+                cand = (u * m).long().clamp_max(m - 1)
+            new_d2 = torch.minimum(d2.unsqueeze(0), sq_dist_to(cand))  # (T, M)
+            best = int(new_d2.to(torch.float64).sum(dim=1).argmin())
+            seeds.append(cand[best : best + 1])
+            d2 = new_d2[best]
+    return points[torch.cat(seeds)]
 
 
 def split_for_empty(centroids: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

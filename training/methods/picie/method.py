@@ -34,7 +34,9 @@ The faiss seed quirk (surprise 13) has no flag: our k-means init is seeded from 
 
 Input: 3-channel images are normalised with ImageNet mean/std (the pretrained trunk's); grey (1 channel) with
 their channel average (0.449 / 0.226), and ImageNet weights then get their first conv summed over RGB (a grey
-frame gives the response of that frame repeated on RGB). ``input_spec().stride`` is 32 (ResNet's res5).
+frame gives the response of that frame repeated on RGB). ImageNet weights (``pretrained_weights``, a local
+torchvision-layout file) are read by :meth:`PiCIE.on_fit_start`, once per run. ``input_spec().stride`` is 32
+(ResNet's res5). Before the first epoch ends the inference centroids are zeros (uniform probabilities).
 """
 
 from __future__ import annotations
@@ -79,7 +81,8 @@ class PiCIEConfig(MethodConfig):
     """PiCIE's settings; defaults are the official COCO-Stuff run's (SPEC 4.7) with the paper's intent."""
 
     feature_dim: int = 128  # FPN output channels (in_dim)
-    pretrained_weights: str | None = None  # local torchvision resnet18 state dict (.pth / .safetensors)
+    backbone_width: int = 64  # ResNet-18 stage widths w, 2w, 4w, 8w; 64 is the paper's (ImageNet weights)
+    pretrained_weights: str | None = None  # local torchvision resnet18 file (.pth/.safetensors), read at fit start
     input_size: int | None = None  # shorter side both views enter the net at (official res 320); None = as given
     # views (official values)
     min_scale: float = 0.5
@@ -125,6 +128,12 @@ class PiCIEConfig(MethodConfig):
             raise ConfigError(f"PiCIEConfig.min_scale must be in (0, 1], got {self.min_scale}")
         if self.input_size is not None and self.input_size < 32:
             raise ConfigError(f"PiCIEConfig.input_size must be >= 32 (ResNet stride), got {self.input_size}")
+        if self.backbone_width < 8 or self.feature_dim < 2:
+            raise ConfigError(f"PiCIEConfig: backbone_width must be >= 8 and feature_dim >= 2, got "
+                              f"{self.backbone_width} / {self.feature_dim}")
+        if self.pretrained_weights and self.backbone_width != 64:
+            raise ConfigError("PiCIEConfig.pretrained_weights needs backbone_width 64 (ImageNet ResNet-18), got "
+                              f"{self.backbone_width}")
         if self.kmeans_pixels_per_image is not None and self.kmeans_pixels_per_image < 1:
             raise ConfigError("PiCIEConfig.kmeans_pixels_per_image must be >= 1 or null")
 
@@ -143,19 +152,18 @@ class PiCIE(Method):
         c = config
         mean, std = _normalisation(c.channels)
         self.adapter = InputAdapter(mean, std)
-        self.net = ResNetFPN(in_channels=c.channels, out_dim=c.feature_dim)
-        if c.pretrained_weights:
-            load_imagenet_backbone(self.net, c.pretrained_weights)
+        self.net = ResNetFPN(in_channels=c.channels, out_dim=c.feature_dim, width=c.backbone_width)
         self.label_net = copy.deepcopy(self.net).requires_grad_(False).eval()
         self.views = c.view_settings()
         for head, k in self._heads().items():
-            suffix = "" if head == "main" else "_over"
+            suffix = _suffix(head)
             # Inference centroids (zeros until the first epoch ends), and each view's training classifier.
             self.register_buffer(f"centroids{suffix}", torch.zeros(k, c.feature_dim))
             for v in (1, 2):
                 self.register_buffer(f"centroids{v}{suffix}", torch.zeros(k, c.feature_dim))
                 self.register_buffer(f"class_weight{v}{suffix}", torch.full((k,), 1.0 / k))
         self.tables: ViewTables | None = None
+        self._pretrained_loaded = False
         self._prepared_epoch = -1
         self._kmeans_losses: dict[str, float] = {}
 
@@ -244,6 +252,21 @@ class PiCIE(Method):
             if sfx:
                 logs["loss_over"] = out["loss"].detach()
         return {"loss": total, **logs}
+
+    def load_pretrained(self) -> None:
+        """Load ``config.pretrained_weights`` (ImageNet ResNet-18, torchvision layout) into the trunk.
+
+        Called by :meth:`on_fit_start` once per run (``extra_state`` remembers it, so a resume keeps the trained
+        weights), not at construction: a checkpoint rebuilt for export does not need the weights file."""
+        if not self.config.pretrained_weights:
+            raise ConfigError("PiCIEConfig.pretrained_weights is not set")
+        load_imagenet_backbone(self.net, self.config.pretrained_weights)
+        self.label_net.load_state_dict(self.net.state_dict())
+        self._pretrained_loaded = True
+
+    def on_fit_start(self, ctx: FitContext) -> None:
+        if self.config.pretrained_weights and not self._pretrained_loaded:
+            self.load_pretrained()
 
     def on_epoch_start(self, ctx: FitContext) -> None:
         if self._prepared_epoch == ctx.epoch and self.tables is not None:
@@ -343,10 +366,12 @@ class PiCIE(Method):
     # -- state -----------------------------------------------------------------------------------------
     def extra_state(self) -> dict[str, Any]:
         tables = self.tables
-        return {"prepared_epoch": self._prepared_epoch, "table_seed": None if tables is None else tables.seed,
+        return {"pretrained_loaded": self._pretrained_loaded, "prepared_epoch": self._prepared_epoch,
+                "table_seed": None if tables is None else tables.seed,
                 "n_images": None if tables is None else tables.n_images, "kmeans_losses": dict(self._kmeans_losses)}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
+        self._pretrained_loaded = bool(state.get("pretrained_loaded", False))
         self._prepared_epoch = int(state.get("prepared_epoch", -1))
         self._kmeans_losses = dict(state.get("kmeans_losses", {}))
         seed, n = state.get("table_seed"), state.get("n_images")
