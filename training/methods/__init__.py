@@ -1,5 +1,6 @@
 """Training methods. Each module registers itself with ``@register_method``; import them all here."""
 
+import training.methods.ac  # noqa: F401  (registers "ac")
 from training.methods import iic  # noqa: F401  (registers "iic")
 from training.methods.base import (
     FitContext,
