@@ -30,7 +30,11 @@ __version__ = "0.1.0"
 
 # Public names whose modules are imported on first use, so `import usseg_sdk` stays light.
 _LAZY: dict[str, str] = {
-    # "Segmenter": "usseg_sdk.segmenter", ... added with the runtime (issue 6)
+    "Segmenter": "usseg_sdk.segmenter",
+    "SegmenterConfig": "usseg_sdk.config",
+    "SegmenterConfigError": "usseg_sdk.config",
+    "Segmentation": "usseg_sdk.result",
+    "Defect": "usseg_sdk.result",
 }
 
 __all__ = [

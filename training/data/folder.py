@@ -1,0 +1,89 @@
+"""``kind: folder`` — a folder of unlabelled images (the usual training set of an inspection line).
+
+Every file under ``root`` (recursively by default) whose suffix is one of ``extensions`` (case-insensitive;
+names starting with '.' are skipped), in sorted order of the relative path, so indices are stable across
+machines. Grey or colour, 8-bit or 16-bit (see ``training.data.image_io`` for the scaling).
+
+Unreadable files: with ``on_error: raise`` (default) the dataset refuses to build and names the first one;
+with ``on_error: skip`` they are left out and counted in one WARNING log line. The check at build time reads
+each file's signature only; a file that still fails to decode when read is, with ``skip``, replaced by the next
+readable image (WARNING naming it; the item keeps its own ``index``), and with ``raise`` a DataError.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from training.data.image_dataset import DatasetConfig, ImageDataset
+from training.data.image_io import IMAGE_EXTENSIONS, can_decode, is_image_file, normalise_extensions, read_image
+from training.data.registry import register_dataset
+from training.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FolderConfig(DatasetConfig):
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS  # file suffixes that count as images (with the dot)
+    recursive: bool = True  # also look in sub-folders
+    on_error: str = "raise"  # unreadable files: "raise" (DataError naming the file) or "skip" (logged count)
+    max_value: float | None = None  # pixel value that maps to 1.0; null = 255 (8-bit) / 65535 (16-bit)
+
+
+def list_image_files(root: Path, extensions: tuple[str, ...], recursive: bool) -> list[Path]:
+    """Image files under ``root`` sorted by relative POSIX path (hidden files and folders skipped)."""
+    candidates = root.rglob("*") if recursive else root.glob("*")
+    files = [p for p in candidates if is_image_file(p, extensions) and p.is_file() and not _in_hidden_folder(p, root)]
+    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
+def _in_hidden_folder(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts[:-1])
+
+
+@register_dataset("folder")
+class FolderDataset(ImageDataset):
+    config_class = FolderConfig
+
+    def __init__(self, config: FolderConfig, *, train: bool):
+        super().__init__(config, train=train)
+        if config.on_error not in ("raise", "skip"):
+            raise ConfigError(f"dataset kind 'folder': on_error must be 'raise' or 'skip', got {config.on_error!r}")
+        self._require_labels_for_train_labels()
+        extensions = normalise_extensions(config.extensions)
+        files = list_image_files(self.root, extensions, config.recursive)
+        if not files:
+            raise DataError(f"no image files ({', '.join(extensions)}) in {self.root}")
+        unreadable = [p for p in files if not can_decode(p)]
+        if unreadable and config.on_error == "raise":
+            raise DataError(
+                f"cannot read image file {unreadable[0]} ({len(unreadable)} of {len(files)} files in {self.root} "
+                "are unreadable); fix or remove them, or set on_error: skip"
+            )
+        if unreadable:
+            logger.warning(
+                "skipping %d unreadable image file(s) of %d in %s (first: %s)",
+                len(unreadable), len(files), self.root, unreadable[0],
+            )
+        bad = set(unreadable)
+        self.paths = [p for p in files if p not in bad]
+        self.skipped = unreadable
+        if not self.paths:
+            raise DataError(f"none of the {len(files)} image files in {self.root} can be read")
+        self.ids = [p.relative_to(self.root).as_posix() for p in self.paths]
+
+    def load(self, index: int) -> tuple[np.ndarray, None]:
+        c = self.config
+        for attempt in range(len(self.paths)):
+            i = (index + attempt) % len(self.paths)
+            try:
+                return read_image(self.paths[i], c.channels, c.max_value), None
+            except DataError:
+                if c.on_error == "raise":
+                    raise
+                logger.warning("skipping unreadable image file %s; using the next image instead", self.paths[i])
+        raise DataError(f"none of the {len(self.paths)} image files in {self.root} can be decoded")

@@ -1,0 +1,64 @@
+"""Dataset kinds by name: ``@register_dataset("folder")`` and ``build_dataset(spec, train=...)``.
+
+A spec is the dict a preset holds under ``data.train`` / ``data.eval``: ``{"kind": ..., "root": ..., ...}``.
+Its keys are the fields of the kind's config dataclass (``ImageDataset.config_class``); an unknown kind or key
+is a :class:`~training.errors.ConfigError` that lists the valid ones.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from training.data.image_dataset import ImageDataset
+from training.errors import ConfigError
+from training.methods.base import config_from_dict
+
+_REGISTRY: dict[str, type[ImageDataset]] = {}
+
+
+def register_dataset(kind: str) -> Callable[[type[ImageDataset]], type[ImageDataset]]:
+    """Class decorator: ``@register_dataset("mask_folder")``. Kinds are snake_case and unique."""
+
+    def decorate(cls: type[ImageDataset]) -> type[ImageDataset]:
+        if kind in _REGISTRY and _REGISTRY[kind] is not cls:
+            raise ValueError(f"dataset kind {kind!r} is already registered by {_REGISTRY[kind].__qualname__}")
+        cls.kind = kind
+        _REGISTRY[kind] = cls
+        return cls
+
+    return decorate
+
+
+def dataset_kinds() -> list[str]:
+    import training.data  # noqa: F401  (imports every reader module, which registers it)
+
+    return sorted(_REGISTRY)
+
+
+def get_dataset_class(kind: Any) -> type[ImageDataset]:
+    kinds = dataset_kinds()
+    if kind not in _REGISTRY:
+        raise ConfigError(f"unknown dataset kind {kind!r}; valid kinds: {', '.join(kinds)}")
+    return _REGISTRY[kind]
+
+
+def build_dataset(spec: Mapping[str, Any], *, train: bool) -> ImageDataset:
+    """Build the dataset a spec describes, for training (random crops) or evaluation (whole/centre images).
+
+    Example: ``build_dataset({"kind": "mask_folder", "root": "samples/neu-seg", "split": "holdout"},
+    train=False)``.
+    """
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"a dataset spec must be a mapping with a 'kind' key, got {type(spec).__name__}")
+    values = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in spec.items()}  # Path -> str
+    if "kind" not in values:
+        raise ConfigError(f"dataset spec {values} has no 'kind'; valid kinds: {', '.join(dataset_kinds())}")
+    cls = get_dataset_class(values.pop("kind"))
+    values = {**cls.default_values(values, train=train), **values}
+    try:
+        config = config_from_dict(cls.config_class, values)
+    except ConfigError as e:
+        raise ConfigError(f"dataset kind {cls.kind!r}: {e}") from None
+    return cls(config, train=train)

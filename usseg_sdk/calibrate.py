@@ -1,0 +1,272 @@
+"""``usseg calibrate``: name an unsupervised model's clusters from a few labelled frames — no retraining.
+
+The model's ``clusters`` output is run on the frames; a confusion matrix ``[cluster, class]`` against the masks
+(:class:`usseg_sdk.metrics.ConfusionMatrix`) is matched one-to-one (Hungarian, when there are as many clusters
+as classes) or many-to-one (each cluster to its majority class, for over-clustered models), as in IIC's
+evaluation protocol. The fitted mapping is written into a new model: the ONNX initializers
+``usseg_cluster_to_class`` / ``usseg_class_from_cluster`` and the metadata (embedded and ``model.json``); a
+TensorRT engine cannot be edited, so it is copied with a new ``model.engine.json`` whose ``outputs.labels`` is
+None (the runtime then maps ``clusters`` itself). Rewriting ONNX needs the ``onnx`` package.
+
+Masks are single-channel PNGs of class ids with the image's stem (``255`` = ignore), as in
+``samples/neu-seg/masks``. Class names come from ``--class-names a,b,c`` or a ``labels.txt`` (one per line)
+beside the masks.
+
+Example:
+    usseg calibrate --model export/ --images samples/neu-seg/images --masks samples/neu-seg/masks --out calibrated/
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from usseg_sdk.atomic import atomic_path, write_text_atomic
+from usseg_sdk.errors import UssegError
+from usseg_sdk.meta import MAPPING_INITIALIZER, METADATA_KEY, SCORES_INITIALIZER, ClassInfo, MappingInfo, ModelMeta
+from usseg_sdk.meta import default_palette as palette
+from usseg_sdk.metrics import (
+    ConfusionMatrix,
+    SegmentationScores,
+    apply_mapping,
+    hungarian_match,
+    many_to_one_match,
+    segmentation_scores,
+)
+from usseg_sdk.sources import IMAGE_SUFFIXES
+
+log = logging.getLogger(__name__)
+
+
+class CalibrationError(UssegError, ValueError):
+    """Calibration inputs are unusable (no image/mask pairs, size mismatch, a model without the mapping)."""
+
+
+@dataclass
+class Calibration:
+    mapping: np.ndarray  # (n_clusters,) int64 cluster -> class
+    mode: str
+    scores: SegmentationScores
+    n_images: int
+    confusion: np.ndarray  # (n_clusters, n_classes) [cluster, class]
+
+
+# -- inputs ------------------------------------------------------------------------------------------------------
+def find_pairs(images: Path, masks: Path) -> list[tuple[Path, Path]]:
+    """(image, mask) pairs matched by file stem; images without a mask are skipped (and logged)."""
+    for folder in (images, masks):
+        if not folder.is_dir():
+            raise CalibrationError(f"{folder} is not a folder")
+    mask_by_stem = {p.stem: p for p in sorted(masks.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
+    image_paths = sorted(p for p in images.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    pairs = [(p, mask_by_stem[p.stem]) for p in image_paths if p.stem in mask_by_stem]
+    if not pairs:
+        raise CalibrationError(f"no image in {images} has a mask of the same name in {masks}")
+    if len(pairs) < len(image_paths):
+        log.info("calibrate: %d of %d images have no mask and are skipped", len(image_paths) - len(pairs),
+                 len(image_paths))
+    return pairs
+
+
+def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if mask is None:
+        raise CalibrationError(f"cannot read mask {path}")
+    if mask.ndim == 3:
+        if not (mask == mask[:, :, :1]).all():
+            raise CalibrationError(f"mask {path} has differing colour channels: masks are single-channel class ids")
+        mask = mask[:, :, 0]
+    if mask.shape != shape:
+        raise CalibrationError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]} (WxH), its image {shape[1]}x"
+                               f"{shape[0]}")
+    return mask
+
+
+def class_names_for(args_names: str | None, labels_file: Path | None, masks: Path) -> list[str] | None:
+    if args_names:
+        return [n.strip() for n in args_names.split(",") if n.strip()]
+    candidates = [labels_file] if labels_file else [masks / "labels.txt", masks.parent / "labels.txt"]
+    for path in candidates:
+        if path is not None and path.is_file():
+            return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if labels_file:
+        raise CalibrationError(f"labels file {labels_file} does not exist")
+    return None
+
+
+# -- fitting -----------------------------------------------------------------------------------------------------
+def fit(seg: Any, pairs: list[tuple[Path, Path]], n_classes: int, mode: str = "auto", ignore_index: int = 255,
+        class_names: list[str] | None = None, background: int | None = 0) -> Calibration:
+    """Run the model's clusters on the pairs and fit the mapping (``mode``: auto | hungarian | many_to_one)."""
+    k = seg.meta.n_clusters
+    matrix = ConfusionMatrix(k, n_classes, ignore_index=ignore_index)
+    flags = cv2.IMREAD_UNCHANGED if seg.meta.input.channels == 4 else cv2.IMREAD_COLOR
+    for image_path, mask_path in pairs:
+        frame = cv2.imread(str(image_path), flags)
+        if frame is None:
+            raise CalibrationError(f"cannot read image {image_path}")
+        result = seg.predict(frame)
+        matrix.update(result.clusters, read_mask(mask_path, result.shape))
+    if mode == "auto":
+        mode = "hungarian" if k == n_classes else "many_to_one"
+    if mode == "hungarian" and k > n_classes:
+        raise CalibrationError(f"hungarian matching needs clusters <= classes, got {k} clusters for {n_classes} "
+                               "classes; use --mode many_to_one")
+    mapping = hungarian_match(matrix) if mode == "hungarian" else many_to_one_match(matrix)
+    scores = segmentation_scores(apply_mapping(matrix, mapping, n_classes), class_names=class_names,
+                                 background=background)
+    return Calibration(mapping, mode, scores, len(pairs), matrix.matrix.copy())
+
+
+def calibrated_meta(meta: ModelMeta, cal: Calibration, class_names: list[str], background: int | None,
+                    source: str, labels_in_graph: bool) -> ModelMeta:
+    old = {c.name: c.color for c in meta.classes}
+    colours = palette(len(class_names))
+    classes = [ClassInfo(name=n, color=old.get(n, colours[i]), defect=i != background)
+               for i, n in enumerate(class_names)]
+    summary = {"pixel_accuracy": cal.scores.pixel_accuracy, "miou": cal.scores.miou,
+               "defect_iou": cal.scores.defect_iou, "defect_f1": cal.scores.defect_f1}
+    summary.update({f"iou/{n}": float(v) for n, v in zip(class_names, cal.scores.iou, strict=True)})
+    metrics = {k: float(v) for k, v in summary.items() if not math.isnan(v)}
+    outputs = meta.outputs if labels_in_graph else meta.outputs.model_copy(update={"labels": None})
+    if meta.outputs.scores is not None and not labels_in_graph:
+        outputs = outputs.model_copy(update={"scores": None})  # an engine's scores keep the old classes
+    new = meta.model_copy(update={
+        "classes": classes, "cluster_to_class": [int(c) for c in cal.mapping], "outputs": outputs,
+        "mapping": MappingInfo(kind=cal.mode, n_images=cal.n_images, metrics=metrics, source=source)})
+    return ModelMeta.from_dict(new.model_dump(mode="json"), origin="calibrated metadata")  # validated again
+
+
+# -- writing -----------------------------------------------------------------------------------------------------
+def rewrite_onnx(src: Path, dst: Path, meta: ModelMeta) -> Path:
+    """Copy ``src`` to ``dst`` with the mapping initializers and the embedded metadata replaced."""
+    try:
+        onnx = importlib.import_module("onnx")
+        numpy_helper = importlib.import_module("onnx.numpy_helper")
+    except ImportError as e:
+        raise CalibrationError("rewriting an ONNX model needs the onnx package: pip install onnx "
+                               "(or pip install 'usseg-sdk[export]')") from e
+    model = onnx.load(str(src))
+    inits = {init.name: init for init in model.graph.initializer}
+    if MAPPING_INITIALIZER not in inits:
+        raise CalibrationError(f"{src} has no {MAPPING_INITIALIZER!r} initializer: not a graph exported by usseg")
+    mapping = np.asarray(meta.cluster_to_class, np.int64)
+    inits[MAPPING_INITIALIZER].CopyFrom(numpy_helper.from_array(mapping, MAPPING_INITIALIZER))
+    if SCORES_INITIALIZER in inits:
+        onehot = np.zeros((meta.n_classes, meta.n_clusters), np.float32)  # (n_classes, K) one-hot columns
+        onehot[mapping, np.arange(meta.n_clusters)] = 1.0
+        inits[SCORES_INITIALIZER].CopyFrom(numpy_helper.from_array(onehot, SCORES_INITIALIZER))
+        _set_class_dim(model, meta)
+    kept = [p for p in model.metadata_props if p.key != METADATA_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    model.metadata_props.add(key=METADATA_KEY, value=meta.to_json(indent=None))
+    with atomic_path(dst) as tmp:
+        onnx.save(model, str(tmp))
+    return dst
+
+
+def _set_class_dim(model: Any, meta: ModelMeta) -> None:
+    """The scores output's class axis, when static, follows the new class count."""
+    for out in model.graph.output:
+        if out.name == meta.outputs.scores:
+            dims = out.type.tensor_type.shape.dim
+            if len(dims) == 4 and dims[1].HasField("dim_value"):
+                dims[1].dim_value = meta.n_classes
+
+
+def write_outputs(files: Any, out: Path, meta: ModelMeta, engine_meta: ModelMeta | None) -> list[Path]:
+    """Write the calibrated model(s) to ``out`` (a ``.onnx`` path or a folder); returns the files written."""
+    written: list[Path] = []
+    if out.suffix.lower() == ".onnx":
+        if files.onnx is None:
+            raise CalibrationError(f"{files.engine} is a TensorRT engine; --out must be a folder, not {out}")
+        written.append(rewrite_onnx(files.onnx, out, meta))
+        written.append(meta.save(out.with_suffix(".json")))
+        return written
+    out.mkdir(parents=True, exist_ok=True)
+    if files.onnx is not None:
+        written.append(rewrite_onnx(files.onnx, out / "model.onnx", meta))
+        written.append(meta.save(out / "model.json"))
+    if files.engine is not None and engine_meta is not None:
+        engine = out / f"model{files.engine.suffix}"
+        if files.engine.resolve() != engine.resolve():
+            with atomic_path(engine) as tmp:
+                shutil.copyfile(files.engine, tmp)
+        written += [engine, engine_meta.save(engine.with_name(engine.name + ".json"))]
+    return written
+
+
+# -- CLI ---------------------------------------------------------------------------------------------------------
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from usseg_sdk.cli import add_runtime_arguments
+
+    p.add_argument("--model", "-m", required=True, help=".onnx, .engine, or export directory")
+    p.add_argument("--images", required=True, type=Path, help="folder of labelled frames")
+    p.add_argument("--masks", required=True, type=Path, help="folder of class-id PNG masks (same stems)")
+    p.add_argument("--out", "-o", required=True, type=Path, help="new model: a folder, or a path ending in .onnx")
+    p.add_argument("--mode", choices=["auto", "hungarian", "many_to_one"], default="auto",
+                   help="auto: hungarian when clusters == classes, else many_to_one")
+    p.add_argument("--class-names", help="comma-separated class names, class 0 first")
+    p.add_argument("--labels-file", type=Path, help="class names, one per line (default: labels.txt by the masks)")
+    p.add_argument("--background", type=int, default=0, help="class id that is not a defect (-1: none)")
+    p.add_argument("--ignore-index", type=int, default=255, help="mask value to ignore")
+    add_runtime_arguments(p)
+
+
+def run(args: argparse.Namespace) -> int:
+    from usseg_sdk.cli import config_from_args
+    from usseg_sdk.segmenter import Segmenter
+
+    seg = Segmenter(args.model, config=config_from_args(args, clusters=True, scores=False))
+    pairs = find_pairs(args.images, args.masks)
+    names = class_names_for(args.class_names, args.labels_file, args.masks)
+    n_classes = len(names) if names else _max_label(pairs, args.ignore_index) + 1
+    names = names or [f"class_{i}" for i in range(n_classes)]
+    background = None if args.background < 0 else args.background
+    cal = fit(seg, pairs, n_classes, args.mode, args.ignore_index, names, background)
+    files = seg.files
+    meta = calibrated_meta(seg.meta, cal, names, background, str(args.images), labels_in_graph=True)
+    engine_meta = calibrated_meta(seg.meta, cal, names, background, str(args.images), labels_in_graph=False) \
+        if files.engine is not None else None
+    written = write_outputs(files, args.out, meta, engine_meta)
+    report = {"mode": cal.mode, "n_images": cal.n_images, "mapping": cal.mapping.tolist(),
+              "cluster_confusion": cal.confusion.tolist(), "scores": cal.scores.to_dict(),
+              "files": [str(p) for p in written]}
+    report_dir = args.out.parent if args.out.suffix.lower() == ".onnx" else args.out
+    write_text_atomic(report_dir / "calibration.json", json.dumps(report, indent=2) + "\n")
+    _print_report(cal, names, written)
+    return 0
+
+
+def _max_label(pairs: list[tuple[Path, Path]], ignore_index: int) -> int:
+    top = 0
+    for _, mask_path in pairs:
+        mask = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
+        if mask is None:
+            raise CalibrationError(f"cannot read mask {mask_path}")
+        values = mask[mask != ignore_index]
+        top = max(top, int(values.max()) if values.size else 0)
+    return top
+
+
+def _print_report(cal: Calibration, names: list[str], written: list[Path]) -> None:
+    s = cal.scores
+    print(f"calibrated on {cal.n_images} images ({cal.mode}); cluster -> class: "
+          + ", ".join(f"{k}->{names[c]}" for k, c in enumerate(cal.mapping)))
+    print(f"pixel accuracy {s.pixel_accuracy:.4f}  mIoU {s.miou:.4f}  defect IoU {s.defect_iou:.4f}  "
+          f"defect F1 {s.defect_f1:.4f}")
+    for name, iou, f1 in zip(names, s.iou, s.f1, strict=True):
+        print(f"  {name:<20} IoU {iou:.4f}  F1 {f1:.4f}")
+    for path in written:
+        print(f"-> {path}")

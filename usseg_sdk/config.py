@@ -1,0 +1,174 @@
+"""SegmenterConfig: how a :class:`~usseg_sdk.segmenter.Segmenter` runs a model (device, tiling, batching, threads).
+
+Everything about *what* the model needs (channels, stride, classes) lives in :class:`~usseg_sdk.meta.ModelMeta`;
+this holds the deployment choices a line engineer makes. Every field can also come from an environment
+variable ``USSEG_<FIELD>`` (``SegmenterConfig.from_env()``), so a line can be retuned without a code change.
+pydantic-settings is not a dependency: the variables are parsed here, and a bad value is a
+:class:`SegmenterConfigError` naming the variable, what it expects and what it got.
+
+Example:
+    >>> cfg = SegmenterConfig.from_env({"USSEG_DEVICE": "cpu", "USSEG_TILE_SIZE": "256x512", "USSEG_SCORES": "0"})
+    >>> cfg.device, cfg.tile_size, cfg.scores
+    ('cpu', (256, 512), False)
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from usseg_sdk.errors import UssegError
+
+Device = Literal["auto", "cpu", "cuda", "tensorrt"]
+ENV_PREFIX = "USSEG_"
+
+
+class SegmenterConfigError(UssegError, ValueError):
+    """A SegmenterConfig field or a ``USSEG_*`` environment variable has an unusable value."""
+
+
+class SegmenterConfig(BaseModel):
+    """Deployment settings of a Segmenter. All fields have defaults; see the module docstring for env vars.
+
+    Tiling: frames larger than the tile (``tile_size``, else the model's ``meta.tiling.tile_size``) are cut into
+    overlapping tiles; ``tiling=False`` runs every frame whole. ``overlap`` (else ``meta.tiling.overlap``) should
+    be at least twice the net's receptive-field radius for the tiled result to equal the untiled one.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    device: Device = "auto"
+    providers: tuple[str, ...] | None = Field(
+        default=None, description="explicit onnxruntime execution providers, in priority order (overrides device)")
+    device_id: int = Field(default=0, ge=0)
+    tiling: bool = True
+    tile_size: tuple[int, int] | None = Field(default=None, description="(H, W); None: the model's default")
+    overlap: int | None = Field(default=None, ge=0, description="pixels shared by neighbouring tiles")
+    batch_size: int = Field(default=8, ge=1, description="frames or tiles per backend call")
+    scores: bool = Field(default=True, description="return class scores when the model has a scores output")
+    clusters: bool = Field(default=True, description="return the raw cluster map beside the labels")
+    frame_order: Literal["bgr", "rgb"] = Field(default="bgr", description="channel order of 3/4-channel frames")
+    intra_op_threads: int | None = Field(default=None, ge=0, description="onnxruntime intra-op threads (0: auto)")
+    inter_op_threads: int | None = Field(default=None, ge=0)
+    trt_fp16: bool = Field(default=False, description="let onnxruntime's TensorRT provider build fp16 kernels")
+    trt_cache_dir: Path | None = Field(default=None, description="TensorRT engine cache (onnxruntime TRT EP)")
+    trt_workspace_mb: int | None = Field(default=None, ge=1)
+
+    @field_validator("tile_size")
+    @classmethod
+    def _positive_tile(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and min(v) <= 0:
+            raise ValueError(f"tile_size must be positive, got {v}")
+        return v
+
+    @field_validator("providers")
+    @classmethod
+    def _non_empty(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if v is not None and not v:
+            raise ValueError("providers must name at least one execution provider (or be None)")
+        return v
+
+    @classmethod
+    def create(cls, **fields: Any) -> SegmenterConfig:
+        """Like the constructor, but a bad value is a :class:`SegmenterConfigError` naming the field."""
+        try:
+            return cls(**fields)
+        except ValidationError as e:
+            raise SegmenterConfigError(_describe(e, "SegmenterConfig")) from e
+
+    def replace(self, **fields: Any) -> SegmenterConfig:
+        """A copy with ``fields`` changed (validated)."""
+        return type(self).create(**{**self.model_dump(), **fields})
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> SegmenterConfig:
+        """Read ``USSEG_<FIELD>`` variables (``os.environ`` by default); keyword ``overrides`` win over them.
+
+        Unknown ``USSEG_*`` variables are ignored (other parts of usseg use the prefix too, e.g. USSEG_DATA).
+        """
+        environ = os.environ if environ is None else environ
+        fields: dict[str, Any] = {}
+        for name, parse in _ENV_PARSERS.items():
+            var = ENV_PREFIX + name.upper()
+            raw = environ.get(var)
+            if raw is None or raw.strip() == "":
+                continue
+            try:
+                fields[name] = parse(raw.strip())
+            except ValueError as e:
+                raise SegmenterConfigError(f"environment variable {var}={raw!r}: {e}") from e
+        fields.update(overrides)
+        try:
+            return cls(**fields)
+        except ValidationError as e:
+            raise SegmenterConfigError(_describe(e, "SegmenterConfig from USSEG_* environment variables")) from e
+
+
+def parse_bool(raw: str) -> bool:
+    low = raw.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected one of 1/0, true/false, yes/no, on/off")
+
+
+def parse_size(raw: str) -> tuple[int, int]:
+    """``"512"`` -> (512, 512); ``"256x1600"``, ``"256,1600"`` -> (256, 1600) as (H, W)."""
+    parts = raw.lower().replace(",", "x").split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise ValueError("expected a size like 512 or 256x1600 (H x W)") from None
+    if len(values) == 1:
+        return (values[0], values[0])
+    if len(values) == 2:
+        return (values[0], values[1])
+    raise ValueError("expected a size like 512 or 256x1600 (H x W)")
+
+
+def _parse_int(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError("expected an integer") from None
+
+
+def _parse_providers(raw: str) -> tuple[str, ...]:
+    names = tuple(p.strip() for p in raw.split(",") if p.strip())
+    if not names:
+        raise ValueError("expected comma-separated provider names, e.g. CUDAExecutionProvider,CPUExecutionProvider")
+    return names
+
+
+_ENV_PARSERS: dict[str, Callable[[str], Any]] = {
+    "device": str.lower,
+    "providers": _parse_providers,
+    "device_id": _parse_int,
+    "tiling": parse_bool,
+    "tile_size": parse_size,
+    "overlap": _parse_int,
+    "batch_size": _parse_int,
+    "scores": parse_bool,
+    "clusters": parse_bool,
+    "frame_order": str.lower,
+    "intra_op_threads": _parse_int,
+    "inter_op_threads": _parse_int,
+    "trt_fp16": parse_bool,
+    "trt_cache_dir": Path,
+    "trt_workspace_mb": _parse_int,
+}
+ENV_VARS = tuple(ENV_PREFIX + name.upper() for name in _ENV_PARSERS)
+
+
+def _describe(e: ValidationError, origin: str) -> str:
+    problems = []
+    for err in e.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "<root>"
+        env = f"; env {ENV_PREFIX}{str(err['loc'][0]).upper()}" if err["loc"] else ""
+        problems.append(f"{field}: {err['msg']} (got {err.get('input')!r}{env})")
+    return f"{origin} is invalid: " + "; ".join(problems)

@@ -1,0 +1,112 @@
+"""Frame sources for ``usseg predict``: an image, a folder, a glob, a video file or a camera index.
+
+Each source yields ``(frame_id, frame)``; ``frame_id`` is the file name for images (Severstal's ``ImageId``) and
+``<video stem>_<frame number>`` for video and camera frames. Unreadable images are reported through
+``on_error`` and skipped, so one bad file does not stop a batch job.
+
+Example:
+    >>> src = open_source("samples/neu-seg/images")       # doctest: +SKIP
+    >>> frame_id, frame = next(iter(src))                 # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from usseg_sdk.errors import UssegError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".webm")
+
+
+class SourceError(UssegError, ValueError):
+    """A predict source that does not exist or cannot be opened."""
+
+
+@dataclass
+class FrameSource:
+    """Iterable of ``(frame_id, frame)``; ``total`` is the frame count when known (None for cameras)."""
+
+    kind: str
+    paths: list[Path] | None = None
+    video: str | int | None = None
+    total: int | None = None
+    imread_flags: int = cv2.IMREAD_COLOR
+    on_error: Callable[[str, str], None] | None = None
+
+    def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
+        if self.paths is not None:
+            yield from self._images()
+        else:
+            yield from self._video()
+
+    def _images(self) -> Iterator[tuple[str, np.ndarray]]:
+        assert self.paths is not None
+        for path in self.paths:
+            frame = cv2.imread(str(path), self.imread_flags)
+            if frame is None:
+                self._error(path.name, f"cannot read image {path}")
+                continue
+            yield path.name, frame
+
+    def _video(self) -> Iterator[tuple[str, np.ndarray]]:
+        cap = cv2.VideoCapture(self.video)
+        if not cap.isOpened():
+            raise SourceError(f"cannot open video source {self.video!r}")
+        stem = f"camera{self.video}" if isinstance(self.video, int) else Path(str(self.video)).stem
+        try:
+            index = 0
+            while True:
+                ok, frame = cap.read()
+                if not ok:
+                    break
+                yield f"{stem}_{index:06d}", frame
+                index += 1
+        finally:
+            cap.release()
+
+    def _error(self, frame_id: str, message: str) -> None:
+        if self.on_error is not None:
+            self.on_error(frame_id, message)
+        else:
+            log.error(message)
+
+
+def open_source(source: str, *, channels: int = 3, recursive: bool = False,
+                on_error: Callable[[str, str], None] | None = None) -> FrameSource:
+    """Resolve ``source``: camera index (``"0"``), video file, image file, folder or glob pattern.
+
+    ``channels`` is the model's input channel count: 4-channel models read images unchanged (colour +
+    infrared), others as 8-bit BGR (the SDK converts to grey or RGB as the model needs).
+    """
+    flags = cv2.IMREAD_UNCHANGED if channels == 4 else cv2.IMREAD_COLOR
+    if source.isdigit():
+        return FrameSource("camera", video=int(source), imread_flags=flags, on_error=on_error)
+    path = Path(source).expanduser()
+    if path.is_file():
+        suffix = path.suffix.lower()
+        if suffix in VIDEO_SUFFIXES:
+            cap = cv2.VideoCapture(str(path))
+            total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
+            cap.release()
+            return FrameSource("video", video=str(path), total=total or None, imread_flags=flags, on_error=on_error)
+        return FrameSource("images", paths=[path], total=1, imread_flags=flags, on_error=on_error)
+    if path.is_dir():
+        pattern = "**/*" if recursive else "*"
+        paths = sorted(p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    elif any(ch in source for ch in "*?["):
+        paths = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file())
+    else:
+        raise SourceError(f"source {source!r} is not a file, folder, glob pattern or camera index")
+    if not paths:
+        raise SourceError(f"source {source!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return FrameSource("images", paths=paths, total=len(paths), imread_flags=flags, on_error=on_error)
