@@ -45,6 +45,8 @@ def _train(method: AC, steps: int, images: torch.Tensor, amp: bool = False, lr: 
             out = method.training_step({"image": images}, CTX)
         out["loss"].backward()
         method.after_backward(CTX)
+        for conv in method.masked_convs():  # no gradient on taps no allowed ordering shows
+            assert (conv.weight.grad[:, :, conv.frozen_taps] == 0).all()
         opt.step()
         opt.zero_grad(set_to_none=True)
         method.on_step_end(CTX)
@@ -124,7 +126,8 @@ def test_loss_is_iic_seg_loss_with_identity_alignment_and_no_mask(monkeypatch):
                 expected = method.net(method.adapter(images), "over")
             torch.testing.assert_close(got, expected)
     assert p1.shape == (4, 5, 24, 24)
-    torch.testing.assert_close(out["loss"], real(p1, p2, lamb=1.3, half_T=3)[0])
+    all_ones = torch.ones(4, 24, 24)
+    torch.testing.assert_close(out["loss"], real(p1, p2, lamb=1.3, half_T=3, mask=all_ones)[0])
 
 
 def test_iic_transforms_flip_is_undone_before_the_loss(monkeypatch):
@@ -263,3 +266,26 @@ def test_data_errors():
         method.training_step({"image": (_images() * 255).to(torch.uint8)}, CTX)
     with pytest.raises(DataError, match="window"):
         method.training_step({"image": _images(size=4)}, CTX)
+
+
+def test_plain_inference_net_exports_to_onnx_with_dynamic_size():
+    """The rewritten net (nn.Conv2d, unmasked matmul-softmax attention) is ONNX-exportable and size-agnostic."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    import io
+    import warnings
+
+    method = _method()
+    method.eval()
+    net = rewrite_to_plain(copy.deepcopy(method.inference_net("main"))).eval()
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (_images(1, 32),), buffer, input_names=["image"], output_names=["probs"],
+                          dynamic_axes={"image": {2: "h", 3: "w"}}, opset_version=17, dynamo=False)
+    session = ort.InferenceSession(buffer.getvalue())
+    for shape in [(1, 1, 32, 32), (1, 1, 40, 24)]:
+        x = torch.rand(shape)
+        (out,) = session.run(None, {"image": x.numpy()})
+        with torch.no_grad():
+            torch.testing.assert_close(torch.from_numpy(out), net(x), rtol=1e-4, atol=1e-5)
