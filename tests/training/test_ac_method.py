@@ -252,6 +252,7 @@ def test_input_spec():
     ({"grid_stride": 8}, "grid_stride"),
     ({"over_clusters": 1}, "over_clusters"),
     ({"nope": 1}, "nope"),
+    ({"attention_heads": 3}, "attention_heads"),
 ])
 def test_config_errors(overrides, match):
     with pytest.raises(ConfigError, match=match):

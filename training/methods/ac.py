@@ -112,6 +112,10 @@ class ACConfig(MethodConfig):
         if self.attention and not 1 <= self.attention_after <= self.n_blocks:
             raise ConfigError(f"ACConfig.attention_after must be in 1..n_blocks={self.n_blocks}, "
                               f"got {self.attention_after}")
+        key_channels = self.width * 2 ** self.attention_after // 2  # d_k = d_v = C/2 at the attention block
+        if self.attention and key_channels % self.attention_heads:
+            raise ConfigError(f"ACConfig.attention_heads={self.attention_heads} must divide the attention's "
+                              f"{key_channels} key channels (width * 2**attention_after / 2)")
         if self.grid_stride not in (None, 2, 4):
             raise ConfigError(f"ACConfig.grid_stride must be 2, 4 or null, got {self.grid_stride}")
         if self.mode not in ("strict", "inclusive"):
