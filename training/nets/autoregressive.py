@@ -9,15 +9,19 @@ layout and widths follow the one reimplementation's h / g_ar / d sections [I], w
           1. masked 3x3 type B (C -> 2C) -> BN -> ReLU -> 1x1 -> BN -> ReLU, + x zero-padded in channels
           2. x + ReLU(1x1(ReLU(1x1(x))))      3. the same again
         masked self-attention after block ``attention_after`` (2)
-  d     1x1 conv per head (K main, K_over auxiliary), bilinear upsampling to the input size
-        (align_corners=False), softmax over clusters.
+  d     [BN -> ReLU, ``head_norm``] then a 1x1 conv per head (K main, K_over auxiliary), bilinear upsampling
+        to the input size (align_corners=False), softmax over clusters.
 
 Orderings act on h's output grid (input-pixel causality is approximate: h's receptive field is 5 px at s1 = 1,
 7 px at s1 = 2). In strict mode the grid output at p depends only on cells earlier than p. Departures from the
 reimplementation, on purpose: the first masked layer is type A without shortcut (it includes the current cell
 and wraps the masked conv in an identity shortcut), the block-1 BNs (it has none), kaiming init (it uses
-Xavier), and no hard-coded attention size. Train-mode BN mixes positions through batch statistics; that leak
-is accepted (SPEC A.6) and is absent at the grid-causality check, which runs BN in eval mode.
+Xavier), and no hard-coded attention size. ``head_norm`` (BN -> ReLU before the 1x1 heads, on by default) is
+ours, not SPEC's: the residual stream that reaches d has no normalisation and grows with depth (std ~20 at init
+for the default widths), so kaiming-initialised heads start with saturated softmaxes (max probability ~0.98)
+and the MI gradient vanishes; with it the heads see BN-ReLU features as IIC's head does (its trunk ends in
+conv-BN-ReLU). ``head_norm=False`` is SPEC A.6 literally. Train-mode BN mixes positions through batch
+statistics; that leak is accepted (SPEC A.6) and is absent at the grid-causality check, which runs BN in eval mode.
 """
 
 from __future__ import annotations
@@ -71,7 +75,7 @@ class AutoregressiveSegNet(nn.Module):
 
     def __init__(self, in_channels: int, heads: dict[str, int], width: int = 64, n_blocks: int = 4,
                  grid_stride: int = 4, attention: bool = True, attention_after: int = 2, attention_heads: int = 1,
-                 mode: CausalMode = "strict"):
+                 mode: CausalMode = "strict", head_norm: bool = True):
         super().__init__()
         if grid_stride not in (2, 4):
             raise ValueError(f"grid_stride must be 2 or 4, got {grid_stride}")
@@ -94,6 +98,8 @@ class AutoregressiveSegNet(nn.Module):
                 layers.append(MaskedSelfAttention2d(channels, heads=attention_heads))
         self.trunk = nn.Sequential(*layers)
         self.out_channels = channels
+        # Ours, not SPEC's: BN + ReLU before d (see the module docstring); Identity reproduces SPEC A.6 literally.
+        self.head_norm = nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU()) if head_norm else nn.Identity()
         self.heads = nn.ModuleDict({name: nn.Conv2d(channels, k, 1, bias=False) for name, k in heads.items()})
         self.reset_parameters()
 
@@ -110,11 +116,22 @@ class AutoregressiveSegNet(nn.Module):
 
     def grid_logits(self, features: torch.Tensor, head: str = "main") -> torch.Tensor:
         """d's 1x1 conv on g_ar(features): h's output grid (B, w, h, w') -> logits (B, K, h, w')."""
+        return self._head(head)(self.head_norm(self.trunk(features)))
+
+    def forward_heads(self, x: torch.Tensor, heads: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """Probabilities (B, K_head, H, W) of several heads from one pass of h and g_ar."""
+        features = self.head_norm(self.trunk(self.stem(x)))  # (B, C, H/s, W/s)
+        out = {}
+        for head in heads:
+            logits = F.interpolate(self._head(head)(features), size=x.shape[-2:], mode="bilinear",
+                                   align_corners=False)
+            out[head] = logits.softmax(dim=1)  # (B, K, H, W)
+        return out
+
+    def forward(self, x: torch.Tensor, head: str = "main") -> torch.Tensor:  # (B, C_in, H, W) -> (B, K, H, W)
+        return self.forward_heads(x, (head,))[head]
+
+    def _head(self, head: str) -> nn.Module:
         if head not in self.heads:
             raise ValueError(f"unknown head {head!r}; heads: {sorted(self.heads)}")
-        return self.heads[head](self.trunk(features))
-
-    def forward(self, x: torch.Tensor, head: str = "main") -> torch.Tensor:  # (B, C_in, H, W)
-        logits = self.grid_logits(self.stem(x), head)  # (B, K, H/s, W/s)
-        logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
-        return logits.softmax(dim=1)  # (B, K, H, W)
+        return self.heads[head]
