@@ -21,6 +21,7 @@ import dataclasses
 import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -57,6 +58,11 @@ class FitContext:
     # it so that W ranks x batch b compute the loss of one batch W*b. Under DDP the engine's gradient
     # averaging then yields the full-batch gradient (each rank back-propagates the same loss).
     all_reduce_sum: Callable[[torch.Tensor], torch.Tensor] = field(default=lambda t: t)
+    # Run geometry, for methods with schedules (set by the engine before on_fit_start; 0/None when unknown).
+    epochs: int = 0
+    steps_per_epoch: int = 0  # optimiser steps (= global batches) per epoch
+    total_steps: int | None = None  # min(epochs * steps_per_epoch, train.max_steps)
+    run_dir: Path | None = None  # where the run writes; None outside the engine
 
     @property
     def distributed(self) -> bool:

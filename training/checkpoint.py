@@ -1,0 +1,397 @@
+"""Checkpoints without pickle: safetensors for tensors, JSON for everything else, one directory per checkpoint.
+
+A checkpoint directory (``RUN/checkpoints/last``, ``RUN/checkpoints/best``) holds
+
+    model.safetensors      the method's ``state_dict()`` (parameters and persistent buffers)
+    optimizer.safetensors  every tensor of ``optimizer.state_dict()`` (Adam moments, step counters)
+    optimizer.json         the rest of it: structure, param groups, scalars; tensors are ``{"$tensor": name}``
+    state.json             config, method name, step/epoch/batch position, ``Method.extra_state()``, RNG states
+                           of every rank (python, numpy, torch CPU and CUDA), GradScaler, eval metrics
+    manifest.json          written last: size and sha256 of every file above
+
+It is complete or absent: the files go to a temporary sibling directory, the manifest last, then the directory
+replaces the old one by two renames (old -> ``.NAME.old``, new -> ``NAME``). A reader that finds ``NAME``
+missing takes ``.NAME.old`` (the writer died between the renames). A directory whose manifest is missing or
+does not match its files is not a checkpoint: :class:`~training.errors.CheckpointError` names the file.
+Loading never executes code: ``safetensors`` and ``json`` only, no ``torch.load``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from training.errors import CheckpointError, ConfigError, UnknownMethodError
+from usseg_sdk.atomic import write_bytes_atomic, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+FORMAT = "usseg-checkpoint"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_TENSORS = "optimizer.safetensors"
+OPTIMIZER_SKELETON = "optimizer.json"
+STATE_FILE = "state.json"
+CHECKPOINTS_DIR = "checkpoints"
+
+
+# -- tensor trees: nested dicts/lists/tuples with tensors <-> (JSON skeleton, flat tensors) ---------------
+def flatten_tree(tree: Any) -> tuple[Any, dict[str, torch.Tensor]]:
+    """Split a nested structure into a JSON skeleton and a flat ``{name: tensor}`` dict.
+
+    Tensors become ``{"$tensor": name}``, tuples ``{"$tuple": [...]}``, dicts with non-string keys (the
+    optimizer's parameter ids) ``{"$dict": [[key, value], ...]}``.
+    """
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(node: Any, path: str) -> Any:
+        if isinstance(node, torch.Tensor):
+            tensors[path] = node.detach().cpu().contiguous().clone()
+            return {"$tensor": path}
+        if isinstance(node, dict):
+            if all(isinstance(k, str) and not k.startswith("$") for k in node):
+                return {k: walk(v, f"{path}.{k}") for k, v in node.items()}
+            return {"$dict": [[k, walk(v, f"{path}.{k}")] for k, v in node.items()]}
+        if isinstance(node, tuple):
+            return {"$tuple": [walk(v, f"{path}.{i}") for i, v in enumerate(node)]}
+        if isinstance(node, list):
+            return [walk(v, f"{path}.{i}") for i, v in enumerate(node)]
+        if node is None or isinstance(node, bool | int | float | str):
+            return node
+        raise TypeError(f"{path}: cannot store a {type(node).__name__} in a checkpoint (tensors and JSON only)")
+
+    return walk(tree, "root"), tensors
+
+
+def unflatten_tree(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(skeleton, dict):
+        if set(skeleton) == {"$tensor"}:
+            return tensors[skeleton["$tensor"]]
+        if set(skeleton) == {"$tuple"}:
+            return tuple(unflatten_tree(v, tensors) for v in skeleton["$tuple"])
+        if set(skeleton) == {"$dict"}:
+            return {k: unflatten_tree(v, tensors) for k, v in skeleton["$dict"]}
+        return {k: unflatten_tree(v, tensors) for k, v in skeleton.items()}
+    if isinstance(skeleton, list):
+        return [unflatten_tree(v, tensors) for v in skeleton]
+    return skeleton
+
+
+# -- RNG states as JSON ----------------------------------------------------------------------------------
+def _b64(t: torch.Tensor) -> str:
+    return base64.b64encode(t.cpu().numpy().tobytes()).decode("ascii")
+
+
+def _unb64(s: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8)
+
+
+def capture_rng(device: torch.device) -> dict[str, Any]:
+    """This process's python, numpy, torch CPU (and CUDA ``device``) RNG states, JSON-serialisable."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": [version, list(internal), gauss],
+             "numpy": {"kind": kind, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
+                       "cached_gaussian": float(cached)},
+             "torch": _b64(torch.get_rng_state())}
+    if device.type == "cuda":
+        state["cuda"] = _b64(torch.cuda.get_rng_state(device))
+    return state
+
+
+def restore_rng(state: dict[str, Any], device: torch.device) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    np_state = state["numpy"]
+    np.random.set_state((np_state["kind"], np.asarray(np_state["keys"], dtype=np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["cached_gaussian"]))
+    torch.set_rng_state(_unb64(state["torch"]))
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(_unb64(state["cuda"]), device)
+
+
+# -- writing ---------------------------------------------------------------------------------------------
+def encode_files(*, model_state: dict[str, torch.Tensor], optimizer_state: dict[str, Any] | None,
+                 state: dict[str, Any]) -> dict[str, bytes]:
+    """The bytes of every file of a checkpoint (without the manifest)."""
+    model_tensors = {}
+    for key, value in model_state.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{MODEL_FILE}: state_dict entry {key!r} is a {type(value).__name__}, not a "
+                                  "tensor; keep non-tensor state in Method.extra_state()")
+        model_tensors[key] = value.detach().cpu().contiguous().clone()  # clone: safetensors refuses shared storage
+    files = {MODEL_FILE: save_safetensors(model_tensors)}
+    if optimizer_state is not None:
+        skeleton, tensors = flatten_tree(optimizer_state)
+        files[OPTIMIZER_TENSORS] = save_safetensors(tensors)
+        files[OPTIMIZER_SKELETON] = json.dumps(skeleton).encode("utf-8")
+    try:
+        files[STATE_FILE] = json.dumps(state, indent=1).encode("utf-8")
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{STATE_FILE}: state is not JSON-serialisable ({e}); Method.extra_state() must "
+                              "return plain JSON values") from e
+    return files
+
+
+def write_checkpoint(target: str | os.PathLike, files: dict[str, bytes]) -> Path:
+    """Write ``files`` plus a manifest as directory ``target``, replacing any previous one atomically."""
+    target = Path(target)
+    parent = target.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    old = parent / f".{target.name}.old"
+    if not target.exists() and old.exists():  # a previous writer died between its two renames: recover first
+        os.replace(old, target)
+    for stale in parent.glob(f".{target.name}.*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent))
+    try:
+        for name, data in files.items():
+            write_bytes_atomic(tmp / name, data)
+        manifest = {"format": FORMAT, "version": FORMAT_VERSION,
+                    "files": {name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+                              for name, data in files.items()}}
+        write_text_atomic(tmp / MANIFEST, json.dumps(manifest, indent=1))
+        if old.exists():
+            shutil.rmtree(old)
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        _fsync_dir(parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:  # not every filesystem lets a directory be opened
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# -- reading ---------------------------------------------------------------------------------------------
+@dataclass
+class Checkpoint:
+    """A verified checkpoint directory; files are read (and checked against the manifest) on demand."""
+
+    path: Path
+    manifest: dict[str, Any]
+    _state: dict[str, Any] | None = field(default=None, repr=False)
+
+    def read_bytes(self, name: str) -> bytes:
+        entry = self.manifest["files"].get(name)
+        file = self.path / name
+        if entry is None:
+            raise CheckpointError(f"{file}: not listed in {self.path / MANIFEST}")
+        try:
+            data = file.read_bytes()
+        except FileNotFoundError:
+            raise CheckpointError(f"{file}: missing (listed in {MANIFEST}); the checkpoint is incomplete") from None
+        except OSError as e:
+            raise CheckpointError(f"{file}: cannot read: {e}") from e
+        if len(data) != entry["bytes"]:
+            raise CheckpointError(f"{file}: {len(data)} bytes, the manifest records {entry['bytes']} "
+                                  "(truncated or overwritten)")
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise CheckpointError(f"{file}: sha256 does not match the manifest (corrupted)")
+        return data
+
+    def has(self, name: str) -> bool:
+        return name in self.manifest["files"]
+
+    @property
+    def state(self) -> dict[str, Any]:
+        if self._state is None:
+            self._state = _parse_state(self.read_bytes(STATE_FILE), self.path / STATE_FILE)
+        return self._state
+
+    def tensors(self, name: str) -> dict[str, torch.Tensor]:
+        data = self.read_bytes(name)
+        try:
+            return load_safetensors(data)
+        except (SafetensorError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{self.path / name}: not a valid safetensors file ({e})") from e
+
+    def optimizer_state(self) -> dict[str, Any]:
+        skeleton = _parse_json(self.read_bytes(OPTIMIZER_SKELETON), self.path / OPTIMIZER_SKELETON)
+        tensors = self.tensors(OPTIMIZER_TENSORS)
+        try:
+            return unflatten_tree(skeleton, tensors)
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{self.path / OPTIMIZER_SKELETON}: does not match {OPTIMIZER_TENSORS} "
+                                  f"(missing tensor {e})") from e
+
+
+_STATE_FIELDS = ("method", "config", "step", "epoch")
+
+
+def _parse_json(data: bytes, file: Path) -> Any:
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{file}: not valid JSON ({e})") from e
+
+
+def _parse_state(data: bytes, file: Path) -> dict[str, Any]:
+    state = _parse_json(data, file)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{file}: expected a JSON object")
+    missing = [k for k in _STATE_FIELDS if k not in state]
+    if missing:
+        raise CheckpointError(f"{file}: missing field(s) {missing}")
+    if state.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+        raise CheckpointError(f"{file}: written by a newer usseg (format {state['format_version']}); upgrade")
+    return state
+
+
+def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Open a checkpoint directory and check its manifest (files are verified when read)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such checkpoint directory")
+    manifest_file = path / MANIFEST
+    if not manifest_file.is_file():
+        raise CheckpointError(f"{manifest_file}: missing; {path} is not a complete checkpoint (its writer was "
+                              "interrupted, or it is not a checkpoint directory)")
+    manifest = _parse_json(manifest_file.read_bytes(), manifest_file)
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(
+            manifest.get("files"), dict):
+        raise CheckpointError(f"{manifest_file}: not a {FORMAT} manifest")
+    if manifest.get("version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{manifest_file}: checkpoint format {manifest['version']} is newer than this "
+                              f"usseg reads ({FORMAT_VERSION}); upgrade")
+    for name in (MODEL_FILE, STATE_FILE):
+        if name not in manifest["files"]:
+            raise CheckpointError(f"{manifest_file}: lists no {name}")
+    return Checkpoint(path=path, manifest=manifest)
+
+
+def checkpoint_dir(run_dir: str | os.PathLike, name: str) -> Path | None:
+    """``RUN/checkpoints/NAME`` if it holds a manifest, else the ``.NAME.old`` a crashed swap left, else None."""
+    base = Path(run_dir) / CHECKPOINTS_DIR
+    for candidate in (base / name, base / f".{name}.old"):
+        if (candidate / MANIFEST).is_file():
+            return candidate
+    return None
+
+
+def find_checkpoint(path: str | os.PathLike, prefer: str = "best") -> Checkpoint:
+    """A checkpoint directory, or a run directory (its ``prefer`` checkpoint, falling back to the other)."""
+    path = Path(path)
+    if (path / MANIFEST).exists() or (path / STATE_FILE).exists() or (path / MODEL_FILE).exists():
+        return open_checkpoint(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no such run or checkpoint directory")
+    order = [prefer] + [n for n in ("best", "last") if n != prefer]
+    for name in order:
+        found = checkpoint_dir(path, name)
+        if found is not None:
+            return open_checkpoint(found)
+    raise CheckpointError(f"{path}: no complete checkpoint (looked for {CHECKPOINTS_DIR}/{'/, '.join(order)}/ "
+                          f"with a {MANIFEST})")
+
+
+# -- the method ------------------------------------------------------------------------------------------
+def load_model_state(method: torch.nn.Module, ckpt: Checkpoint) -> None:
+    """Load ``model.safetensors`` into ``method``; keys and shapes must match exactly."""
+    file = ckpt.path / MODEL_FILE
+    tensors = ckpt.tensors(MODEL_FILE)
+    expected = method.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{file}: keys do not match the method {getattr(method, 'name', '')!r}: "
+                              f"missing {_few(missing)}, unexpected {_few(unexpected)}")
+    wrong = [f"{k}: checkpoint {tuple(tensors[k].shape)} vs method {tuple(v.shape)}"
+             for k, v in expected.items() if tuple(tensors[k].shape) != tuple(v.shape)]
+    if wrong:
+        raise CheckpointError(f"{file}: shapes do not match the method: {'; '.join(wrong[:5])}"
+                              + (f" (+{len(wrong) - 5} more)" if len(wrong) > 5 else ""))
+    method.load_state_dict(tensors, strict=True)
+
+
+def _few(keys: list[str], n: int = 5) -> str:
+    if not keys:
+        return "none"
+    return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
+
+
+def build_method_from_state(ckpt: Checkpoint) -> Any:
+    """The method named in ``state.json``, built from its saved config (not yet loaded with weights)."""
+    from training.methods.base import build_method
+
+    state = ckpt.state
+    file = ckpt.path / STATE_FILE
+    method_config = (state["config"] or {}).get("method_config", {})
+    try:
+        return build_method(state["method"], method_config)
+    except UnknownMethodError as e:
+        raise CheckpointError(f"{file}: {e} (import the module that registers it, e.g. with --plugin)") from e
+    except ConfigError as e:
+        raise CheckpointError(f"{file}: the saved method_config does not fit method {state['method']!r}: {e}") from e
+
+
+@dataclass
+class RunInfo:
+    """What :func:`load_method` knows about the run the checkpoint came from."""
+
+    method: str
+    config: dict[str, Any]  # the resolved run config (method, method_config, data, train)
+    step: int
+    epoch: int
+    metrics: dict[str, Any]  # {"eval": last evaluation or None, "best_miou": ..., "best_step": ...}
+    checkpoint_dir: Path
+    run_dir: Path | None
+    elapsed_s: float
+    world_size: int
+
+
+def load_method(path: str | os.PathLike, *, device: str | torch.device = "cpu",
+                prefer: str = "best") -> tuple[Any, RunInfo]:
+    """Load a trained method from a run directory (its ``best`` checkpoint, else ``last``) or a checkpoint dir.
+
+    Returns the method in eval mode on ``device`` and its :class:`RunInfo`. Every problem with the files is a
+    :class:`~training.errors.CheckpointError` naming the file.
+    """
+    ckpt = find_checkpoint(path, prefer=prefer)
+    method = build_method_from_state(ckpt)
+    load_model_state(method, ckpt)
+    try:
+        method.load_extra_state(ckpt.state.get("extra_state") or {})
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{ckpt.path / STATE_FILE}: extra_state does not fit the method: {e}") from e
+    method.to(device).eval()
+    return method, run_info(ckpt)
+
+
+def run_info(ckpt: Checkpoint) -> RunInfo:
+    state = ckpt.state
+    run_dir = ckpt.path.parent.parent if ckpt.path.parent.name == CHECKPOINTS_DIR else None
+    return RunInfo(method=state["method"], config=state["config"], step=int(state["step"]),
+                   epoch=int(state["epoch"]), metrics=dict(state.get("metrics") or {}), checkpoint_dir=ckpt.path,
+                   run_dir=run_dir, elapsed_s=float(state.get("elapsed_s", 0.0)),
+                   world_size=int(state.get("world_size", 1)))

@@ -1,0 +1,211 @@
+"""``python -m training fit``: train a method from a preset, with overrides, a progress bar, and resume.
+
+    python -m training fit --preset iic_neu_cpu --data samples/neu-seg/images --eval-data samples/neu-seg \\
+        --set train.epochs=3 --out runs/try1
+    python -m training fit --resume runs/try1 --set train.epochs=6      # continue (and extend) a run
+    torchrun --nproc_per_node 2 -m training fit --preset ...           # DDP, one process per GPU
+
+The library (``training.engine.fit``) logs; the progress bar lives here. SIGTERM / Ctrl-C stop the run after the
+current step with a checkpoint (a second Ctrl-C aborts at once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import signal
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from training import checkpoint as ckpt_io
+from training.config import (
+    apply_overrides,
+    available_presets,
+    dump_config,
+    load_preset,
+    resolve_config,
+    with_data_roots,
+)
+from training.errors import CheckpointError, ConfigError
+
+log = logging.getLogger(__name__)
+
+RUNS_DIR = Path("runs")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", metavar="NAME", help="a preset in training/presets (--list-presets) or a YAML path")
+    parser.add_argument("--data", metavar="DIR", help="training images (sets data.train.root)")
+    parser.add_argument("--eval-data", metavar="DIR",
+                        help="labelled split scored during training (sets data.eval.root; without a data.eval "
+                             "spec it is read as a mask_folder: DIR/images, DIR/masks)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, dotted, value parsed as YAML (repeatable): "
+                             "--set train.epochs=3 --set method_config.lr=1e-3")
+    parser.add_argument("--out", metavar="RUN_DIR", help="run directory (default runs/<preset>-<timestamp>)")
+    parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
+                        help="continue RUN_DIR from checkpoints/last with its saved config (--set still applies); "
+                             "without RUN_DIR: --out, else the newest run under runs/")
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first, e.g. one that registers a custom method (repeatable)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--list-presets", action="store_true", help="list the bundled presets and exit")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (it is off when not a TTY)")
+
+
+def run(args: argparse.Namespace) -> int:
+    for module in args.plugin:
+        _import_plugin(module)
+    if args.list_presets:
+        print("\n".join(available_presets()) or "(no presets)")
+        return 0
+    if args.resume is not None:
+        config, run_dir = _resume_config(args)
+    else:
+        config, run_dir = _fresh_config(args)
+    if args.print_config:
+        print(dump_config(config), end="")
+        return 0
+    if int(os.environ.get("RANK", "0")) != 0:  # DDP: rank 0 speaks for the job
+        logging.getLogger().setLevel(logging.WARNING)
+    stop = _StopRequest()
+    progress = None if args.no_progress or int(os.environ.get("RANK", "0")) != 0 else TqdmProgress()
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    from training.engine import fit
+
+    with stop.installed(), logging_redirect_tqdm():
+        result = fit(config, run_dir, resume=args.resume is not None, progress=progress, should_stop=stop)
+    if int(os.environ.get("RANK", "0")) == 0:
+        best = "" if result.best_miou is None else f", best mIoU {result.best_miou:.4f} (step {result.best_step})"
+        print(f"{result.stopped}: step {result.step}, epoch {result.epoch}{best}; run directory {result.run_dir}")
+    return 0
+
+
+def _import_plugin(module: str) -> None:
+    try:
+        importlib.import_module(module)
+    except ImportError as e:
+        raise ConfigError(f"--plugin {module}: cannot import it ({e})") from e
+
+
+def _fresh_config(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
+    if not args.preset:
+        names = ", ".join(available_presets()) or "(none bundled)"
+        raise ConfigError(f"--preset is required to start a run (bundled presets: {names}; or a YAML path)")
+    raw = with_data_roots(load_preset(args.preset), args.data, args.eval_data)
+    config = resolve_config(apply_overrides(raw, args.overrides))
+    run_dir = Path(args.out) if args.out else default_run_dir(args.preset)
+    return config, run_dir
+
+
+def _resume_config(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
+    if args.preset:
+        raise ConfigError("--resume continues a run with its saved config; drop --preset (use --set to change keys)")
+    if isinstance(args.resume, str):
+        run_dir = Path(args.resume)
+        if args.out and Path(args.out) != run_dir:
+            raise ConfigError(f"--resume {run_dir} and --out {args.out} name different runs")
+    else:
+        run_dir = Path(args.out) if args.out else latest_run()
+    found = ckpt_io.checkpoint_dir(run_dir, "last")
+    if found is None:
+        raise CheckpointError(f"{run_dir / ckpt_io.CHECKPOINTS_DIR / 'last'}: no complete checkpoint to resume from")
+    saved = ckpt_io.open_checkpoint(found).state["config"]
+    raw = with_data_roots(saved, args.data, args.eval_data)
+    return resolve_config(apply_overrides(raw, args.overrides)), run_dir
+
+
+def default_run_dir(preset: str, base: Path = RUNS_DIR) -> Path:
+    stem = Path(preset).stem if preset.endswith((".yaml", ".yml")) else preset
+    candidate = base / f"{stem}-{datetime.now():%Y%m%d-%H%M%S}"
+    n = 1
+    while candidate.exists():
+        candidate = base / f"{stem}-{datetime.now():%Y%m%d-%H%M%S}-{n}"
+        n += 1
+    return candidate
+
+
+def latest_run(base: Path = RUNS_DIR) -> Path:
+    """The run under ``base`` whose last checkpoint is newest."""
+    runs = []
+    for run_dir in base.glob("*") if base.is_dir() else []:
+        found = ckpt_io.checkpoint_dir(run_dir, "last")
+        if found is not None:
+            runs.append(((found / ckpt_io.MANIFEST).stat().st_mtime, run_dir))
+    if not runs:
+        raise ConfigError(f"--resume without RUN_DIR: no run with a checkpoint under {base}/; name the run")
+    return max(runs)[1]
+
+
+class _StopRequest:
+    """Callable flag for ``fit(should_stop=...)``: set by the first SIGTERM/SIGINT; a second SIGINT aborts."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("%s: stopping after this step with a checkpoint (Ctrl-C again to abort)",
+                    signal.Signals(signum).name)
+
+    def installed(self) -> Any:
+        import contextlib
+
+        @contextlib.contextmanager
+        def handlers() -> Any:
+            previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
+            try:
+                yield
+            finally:
+                for s, handler in previous.items():
+                    signal.signal(s, handler)
+
+        return handlers()
+
+
+class TqdmProgress:
+    """One bar per epoch: steps, smoothed loss, images/s."""
+
+    def __init__(self, smoothing: float = 0.1):
+        self.smoothing = smoothing
+        self.bar: Any = None
+        self.loss: float | None = None
+        self.rate: float | None = None
+        self.last = time.monotonic()
+
+    def epoch_start(self, epoch: int, total_batches: int, done_batches: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total_batches, initial=done_batches, desc=f"epoch {epoch}", unit="step",
+                        dynamic_ncols=True, disable=None, file=sys.stderr)
+        self.last = time.monotonic()
+
+    def step(self, values: dict[str, float]) -> None:
+        now = time.monotonic()
+        seconds, self.last = now - self.last, now
+        rate = values.get("images", 0) / seconds if seconds > 0 else 0.0
+        self.loss = values["loss"] if self.loss is None else self._ema(self.loss, values["loss"])
+        self.rate = rate if self.rate is None else self._ema(self.rate, rate)
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{self.loss:.4f}", img_s=f"{self.rate:.1f}", refresh=False)
+            self.bar.update(1)
+
+    def epoch_end(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def _ema(self, old: float, new: float) -> float:
+        return (1 - self.smoothing) * old + self.smoothing * new

@@ -1,0 +1,250 @@
+"""Run configuration: YAML presets, ``--set key=value`` overrides, engine defaults, the resolved ``config.yaml``.
+
+A config has four top-level keys (docs/ARCHITECTURE.md "Presets"; every engine key is documented in
+``training/presets/README.md``)::
+
+    method: iic                      # registry name
+    method_config: {n_clusters: 4}   # fields of the method's config dataclass
+    data: {train: {...}, eval: null} # training.data.build_dataset specs
+    train: {epochs: 10, ...}         # engine settings, TrainConfig below
+
+:func:`resolve_config` fills every default (the method's config dataclass and :class:`TrainConfig`) so the
+``config.yaml`` written to a run directory is explicit and reproduces the run by itself.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from training.errors import ConfigError
+from training.methods.base import config_from_dict, config_to_dict, get_method_class
+from usseg_sdk.atomic import write_text_atomic
+
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+TOP_LEVEL_KEYS = ("method", "method_config", "data", "train")
+DATA_KEYS = ("train", "eval")
+
+
+@dataclass
+class TrainConfig:
+    """Engine settings (the ``train:`` section). Defaults are documented in training/presets/README.md."""
+
+    epochs: int = 10
+    max_steps: int | None = None  # stop after this many optimiser steps (even mid-epoch)
+    time_budget_s: float | None = None  # stop cleanly (eval + checkpoint) once training wall-clock passes this
+    batch_size: int = 16  # per process; the global batch under DDP is batch_size x world_size
+    eval_batch_size: int = 1  # whole evaluation images may differ in size
+    num_workers: int = 2
+    seed: int = 0
+    device: str = "auto"  # auto (cuda when available) | cpu | cuda | cuda:N
+    amp: bool = True  # mixed precision on CUDA; ignored on CPU
+    amp_dtype: str = "bfloat16"  # bfloat16 (no loss scaling) | float16 (GradScaler)
+    grad_clip: float | None = None  # max global L2 norm of the gradients; None = no clipping
+    lr_schedule: str = "constant"  # constant | cosine (to 0 over the run's total steps)
+    warmup_steps: int = 0  # linear warm-up from 0 to the method's lr
+    eval_every: int = 1  # evaluate every N epochs (0: only at the end); needs data.eval
+    eval_every_steps: int = 0  # also evaluate every N optimiser steps (0: off)
+    checkpoint_every_steps: int = 0  # also write checkpoints/last every N steps (0: at epoch ends only)
+    log_every: int = 10  # one train line in metrics.jsonl per N steps (means over the window)
+    deterministic: bool = False  # torch.use_deterministic_algorithms + no cudnn autotuning (CPU runs are anyway)
+    sync_batchnorm: bool = False  # DDP on CUDA: convert BatchNorm to SyncBatchNorm
+    find_unused_parameters: bool = True  # DDP: methods may leave heads unused in a step (IIC alternates heads)
+
+    def validate(self) -> None:
+        positive = ("epochs", "batch_size", "eval_batch_size", "log_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        non_negative = ("num_workers", "warmup_steps", "eval_every", "eval_every_steps", "checkpoint_every_steps")
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"train.max_steps must be >= 1 or null, got {self.max_steps}")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise ConfigError(f"train.time_budget_s must be > 0 or null, got {self.time_budget_s}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ConfigError(f"train.grad_clip must be > 0 or null, got {self.grad_clip}")
+        _one_of("amp_dtype", self.amp_dtype, ("bfloat16", "float16"))
+        _one_of("lr_schedule", self.lr_schedule, ("constant", "cosine"))
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+
+
+def _one_of(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"train.{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+# -- presets ------------------------------------------------------------------------------------------
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def preset_path(name_or_path: str | Path) -> Path:
+    """A preset name in ``training/presets`` or a path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"preset file {path} does not exist")
+        return path
+    candidate = PRESET_DIR / f"{name_or_path}.yaml"
+    if not candidate.is_file():
+        names = ", ".join(available_presets()) or "(none)"
+        raise ConfigError(f"unknown preset {str(name_or_path)!r}; presets: {names} (or give a path to a YAML file)")
+    return candidate
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read {path}: {e}") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from e
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping with keys {', '.join(TOP_LEVEL_KEYS)}")
+    return raw
+
+
+def load_preset(name_or_path: str | Path) -> dict[str, Any]:
+    return load_yaml(preset_path(name_or_path))
+
+
+# -- overrides ----------------------------------------------------------------------------------------
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.epochs=3"`` -> (["train", "epochs"], 3). The value is parsed as YAML ("null", "[1, 2]", ...)."""
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set expects key=value with a dotted key (e.g. train.epochs=3), got {text!r}")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {key}: value {value!r} is not valid YAML: {e}") from e
+    return key.split("."), parsed
+
+
+def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``config`` with every ``key=value`` applied (intermediate mappings are created)."""
+    config = copy.deepcopy(config)
+    for text in overrides:
+        path, value = parse_override(text)
+        set_dotted(config, path, value)
+    return config
+
+
+def set_dotted(config: dict[str, Any], path: list[str], value: Any) -> None:
+    node = config
+    for i, part in enumerate(path[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"cannot set {'.'.join(path)}: {'.'.join(path[:i + 1])} is {child!r}, not a mapping")
+        node = child
+    node[path[-1]] = value
+
+
+# -- resolution ---------------------------------------------------------------------------------------
+def resolve_config(raw: dict[str, Any]) -> dict[str, Any]:
+    """Validate every key and fill every default. Unknown keys raise ConfigError listing the valid ones."""
+    unknown = sorted(set(raw) - set(TOP_LEVEL_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown top-level key(s) {unknown}; valid keys: {', '.join(TOP_LEVEL_KEYS)}")
+    method = raw.get("method")
+    if not isinstance(method, str) or not method:
+        raise ConfigError("the config names no method (set `method:` in the preset or --set method=NAME)")
+    method_cls = get_method_class(method)
+    method_config = _section(raw, "method_config")
+    method_config = config_to_dict(_build_dataclass(method_cls.config_class, method_config, "method_config"))
+    train = _build_dataclass(TrainConfig, _section(raw, "train"), "train")
+    train.validate()
+    resolved = {"method": method, "method_config": method_config, "data": _resolve_data(raw.get("data")),
+                "train": dataclasses.asdict(train)}
+    try:  # plain JSON types (tuples -> lists) so a config read back from YAML or state.json compares equal
+        return json.loads(json.dumps(resolved))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"the config holds a value that is not plain YAML/JSON data: {e}") from e
+
+
+def train_config(config: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig of a resolved config."""
+    return _build_dataclass(TrainConfig, config.get("train") or {}, "train")
+
+
+def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
+    value = raw.get(name) or {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"`{name}` must be a mapping, got {value!r}")
+    return value
+
+
+def _build_dataclass(cls: type, values: dict[str, Any], where: str) -> Any:
+    names = sorted(f.name for f in dataclasses.fields(cls))
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        keys = ", ".join(f"{where}.{k}" for k in unknown)
+        raise ConfigError(f"unknown key(s) {keys}; valid keys under {where}: {', '.join(names)}")
+    try:
+        return config_from_dict(cls, values)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from e
+    except TypeError as e:  # a field without default left out, or a dataclass __post_init__ rejecting a value
+        raise ConfigError(f"{where}: {e}") from e
+
+
+def _resolve_data(data: Any) -> dict[str, Any]:
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigError(f"`data` must be a mapping with keys {', '.join(DATA_KEYS)}, got {data!r}")
+    unknown = sorted(set(data) - set(DATA_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {[f'data.{k}' for k in unknown]}; valid keys under data: "
+                          f"{', '.join(DATA_KEYS)}")
+    resolved = {}
+    for name in DATA_KEYS:
+        spec = data.get(name)
+        if spec is not None and not isinstance(spec, dict):
+            raise ConfigError(f"data.{name} must be a dataset spec mapping (kind, root, ...) or null, got {spec!r}")
+        resolved[name] = copy.deepcopy(spec)
+    if resolved["train"] is None:
+        raise ConfigError("the config has no data.train dataset spec")
+    return resolved
+
+
+def with_data_roots(raw: dict[str, Any], train_root: str | None, eval_root: str | None) -> dict[str, Any]:
+    """Apply ``--data`` / ``--eval-data``. An eval root without an eval spec becomes a labelled ``mask_folder``
+    with the training spec's channels (the layout of the bundled sample)."""
+    raw = copy.deepcopy(raw)
+    data = raw.setdefault("data", {}) or {}
+    raw["data"] = data
+    if train_root is not None:
+        set_dotted(raw, ["data", "train", "root"], str(train_root))
+    if eval_root is not None:
+        if not data.get("eval"):
+            train = data.get("train") or {}
+            data["eval"] = {"kind": "mask_folder"}
+            if "channels" in train:
+                data["eval"]["channels"] = train["channels"]
+        data["eval"]["root"] = str(eval_root)
+    return raw
+
+
+def dump_config(config: dict[str, Any]) -> str:
+    return yaml.safe_dump(config, sort_keys=False, default_flow_style=None)
+
+
+def write_config(config: dict[str, Any], path: str | Path) -> Path:
+    """Write the resolved config YAML atomically."""
+    header = "# Resolved config of this run (every default filled in). `--preset` this file to repeat it.\n"
+    return write_text_atomic(path, header + dump_config(config))

@@ -1,0 +1,173 @@
+"""DataLoaders whose batches are a pure function of (seed, epoch, position), so a resumed run sees the same data.
+
+Two pieces make that so:
+
+* :class:`EpochSampler` draws each epoch's order from ``(seed, epoch, stream)`` alone and can start at any
+  global batch. The checkpoint stores only the epoch and the number of batches consumed; nothing about the
+  sampler's RNG. Under DDP, global batch ``g`` is ``order[g*W*B:(g+1)*W*B]`` and rank ``r`` takes its
+  ``r``-th slice of ``B`` images, so W ranks x batch B see exactly the images of one process with batch W*B.
+* :class:`SeededDataset` seeds python ``random``, numpy and torch from a per-sample seed derived from
+  ``(seed, epoch, stream, global position)`` before calling the dataset, so random crops do not depend on the
+  number of workers, on which worker loads an item, or on what was loaded before. In the main process
+  (``num_workers=0``) it restores the global RNG states afterwards, so loading never shifts the training RNG.
+  It also calls the dataset's ``set_epoch(epoch)`` (when it has one) from the sampled key, which reaches
+  persistent worker processes too (a call on the main process's copy would not).
+
+Datasets therefore draw their randomness from the global RNGs (not from generators they create themselves).
+The last incomplete global batch of an epoch is dropped.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+
+from training.errors import DataError
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64 finaliser on uint64 arrays (wrapping arithmetic): a cheap, well-mixed hash."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def derive_seeds(*keys: int, positions: np.ndarray | None = None) -> np.ndarray:
+    """uint64 seeds hashed from integer ``keys`` (and one per entry of ``positions``)."""
+    with np.errstate(over="ignore"):
+        h = np.zeros(1, dtype=np.uint64)
+        for key in keys:
+            h = _splitmix64(h ^ np.uint64(key & _MASK64))
+        if positions is not None:
+            h = _splitmix64(h ^ positions.astype(np.uint64))
+    return h
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python ``random``, numpy's global RNG and torch (CPU and every CUDA device)."""
+    seed &= _MASK64
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+    torch.manual_seed(seed)
+
+
+class EpochSampler(Sampler[tuple[int, int, int]]):
+    """Yields ``(dataset index, sample seed, epoch)`` for this rank's share of every full global batch."""
+
+    def __init__(self, n_items: int, *, batch_size: int, seed: int, shuffle: bool = True, rank: int = 0,
+                 world_size: int = 1, stream: int = 0):
+        self.n_items = n_items
+        self.batch_size = batch_size
+        self.seed = seed
+        self.shuffle = shuffle
+        self.rank = rank
+        self.world_size = world_size
+        self.stream = stream
+        self.epoch = 0
+        self.start_batch = 0
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.n_items // (self.batch_size * self.world_size)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch's order and skip the first ``start_batch`` global batches (resume mid-epoch)."""
+        self.epoch = epoch
+        self.start_batch = min(start_batch, self.batches_per_epoch)
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch - self.start_batch) * self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        n_batches, b, w = self.batches_per_epoch, self.batch_size, self.world_size
+        if self.shuffle:
+            order_seed = int(derive_seeds(self.seed, self.epoch, self.stream, 0x0DE5)[0])
+            order = np.random.default_rng(order_seed).permutation(self.n_items)
+        else:
+            order = np.arange(self.n_items)
+        order = order[: n_batches * w * b].reshape(n_batches, w, b)  # (global batch, rank, slot)
+        positions = np.arange(n_batches * w * b).reshape(n_batches, w, b)
+        seeds = derive_seeds(self.seed, self.epoch, self.stream, positions=positions)
+        for g in range(self.start_batch, n_batches):
+            for slot in range(b):
+                yield int(order[g, self.rank, slot]), int(seeds[g, self.rank, slot]), self.epoch
+
+
+class ShardSampler(Sampler[int]):
+    """Evaluation: every ``world_size``-th index from ``rank``, in order (no padding, no duplicates)."""
+
+    def __init__(self, n_items: int, *, rank: int = 0, world_size: int = 1):
+        self.indices = list(range(rank, n_items, world_size))
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+
+class SeededDataset(Dataset):
+    """Wraps a dataset: ``ds[(index, seed, epoch)]`` seeds the global RNGs with ``seed``, sets the dataset's
+    epoch, and returns ``inner[index]``."""
+
+    def __init__(self, inner: Dataset):
+        self.inner = inner
+        self._set_epoch = getattr(inner, "set_epoch", None)
+        self._epoch: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.inner)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, int, int]) -> Any:
+        index, seed, epoch = key
+        if self._set_epoch is not None and epoch != self._epoch:
+            self._set_epoch(epoch)
+            self._epoch = epoch
+        if get_worker_info() is not None:  # a worker process owns its RNGs
+            seed_everything_cpu(seed)
+            return self.inner[index]
+        saved = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+        try:
+            seed_everything_cpu(seed)
+            return self.inner[index]
+        finally:
+            random.setstate(saved[0])
+            np.random.set_state(saved[1])
+            torch.set_rng_state(saved[2])
+
+
+def seed_everything_cpu(seed: int) -> None:
+    """Like :func:`seed_everything` without touching CUDA generators (data loading runs on the CPU)."""
+    seed &= _MASK64
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+    torch.random.default_generator.manual_seed(seed)
+
+
+def train_loader(dataset: Dataset, *, batch_size: int, seed: int, num_workers: int, rank: int, world_size: int,
+                 pin_memory: bool, stream: int = 0, what: str = "data.train") -> tuple[DataLoader, EpochSampler]:
+    """Shuffled, per-sample-seeded loader of full batches, and its sampler (``set_epoch`` before iterating)."""
+    n = len(dataset)  # type: ignore[arg-type]
+    sampler = EpochSampler(n, batch_size=batch_size, seed=seed, rank=rank, world_size=world_size, stream=stream)
+    if sampler.batches_per_epoch == 0:
+        raise DataError(f"{what} has {n} images, fewer than one batch of {batch_size * world_size} "
+                        f"(train.batch_size {batch_size} x {world_size} processes)")
+    loader = DataLoader(SeededDataset(dataset), batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                        pin_memory=pin_memory, drop_last=False, persistent_workers=num_workers > 0,
+                        generator=torch.Generator().manual_seed(seed))  # own generator: keeps the global RNG intact
+    return loader, sampler
+
+
+def eval_loader(dataset: Dataset, *, batch_size: int, num_workers: int, rank: int, world_size: int,
+                pin_memory: bool) -> DataLoader:
+    sampler = ShardSampler(len(dataset), rank=rank, world_size=world_size)  # type: ignore[arg-type]
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      pin_memory=pin_memory, generator=torch.Generator().manual_seed(0))
