@@ -9,6 +9,7 @@ from training.methods.base import (
     get_method_class,
     register_method,
 )
+from training.methods.baselines import KMeansBaseline  # noqa: F401  (registers "kmeans", "random_cnn")
 from training.methods.picie import PiCIE  # noqa: F401  (registers "picie")
 
 __all__ = [
