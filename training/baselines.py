@@ -28,7 +28,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,8 @@ from usseg_sdk.metrics import apply_mapping, hungarian_match, many_to_one_match,
 
 log = logging.getLogger(__name__)
 
-KINDS = {"kmeans": "kmeans", "random-cnn": "random_cnn", "random_cnn": "random_cnn"}
+KINDS = {"kmeans": "kmeans", "random-cnn": "random_cnn", "random_cnn": "random_cnn"}  # CLI name -> registry name
+Batch = dict[str, torch.Tensor]
 
 
 # -- scoring --------------------------------------------------------------------------------------------------
@@ -112,10 +113,11 @@ def collate_same_size(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.T
     return default_collate(items)
 
 
-def evaluate_baseline(method: KMeansBaseline, fit_loader: DataLoader, eval_loader: DataLoader, *,
-                      class_names: Sequence[str] | None, calibration_loader: DataLoader | None = None,
+def evaluate_baseline(method: KMeansBaseline, fit_loader: Iterable[Batch], eval_loader: Iterable[Batch], *,
+                      class_names: Sequence[str] | None, calibration_loader: Iterable[Batch] | None = None,
                       device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Fit ``method`` on ``fit_loader``'s images, score it on ``eval_loader`` (and calibration -> eval).
+    """Fit ``method`` on ``fit_loader``'s images, score it on ``eval_loader`` (and calibration -> eval); loaders
+    yield ``{"image": (B, C, H, W), "label": (B, H, W)}`` batches (labels only needed for the scored ones).
 
     Returns ``{"heads": score_protocols(...), "kmeans_loss", "fit_pixels", "eval_pixels", "seconds"}``."""
     device = torch.device(device)

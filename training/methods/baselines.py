@@ -5,16 +5,18 @@ features sampled from the training images (:meth:`KMeansBaseline.fit_centroids`,
 ``ctx.train_loader`` the first time, or called directly). They evaluate and export through the same
 :meth:`~training.methods.base.Method.inference_net` path as every method:
 
-    InputAdapter -> per-pixel features (B, D, H, W) -> softmax(-||f - c_k||^2 / T) (B, K, H, W)
+    InputAdapter -> features f (B, D, h, w) -> logits -||f - c_k||^2 / T (B, K, h, w)
+                 -> [bilinear upsampling when h, w < H, W] -> softmax (B, K, H, W)
 
-so the argmax is the nearest centroid. The score is computed as the 1x1 convolution ``(2 <f, c_k> - ||c_k||^2)
-/ T`` (the per-pixel ``||f||^2`` is the same for every k and cancels in the softmax); ``temperature`` T only
-shapes the probabilities, never the argmax.
+so the argmax is the nearest centroid (at input resolution, or of the upsampled logits). The logits are computed
+as the 1x1 convolution ``(2 <f, c_k> - ||c_k||^2) / T`` (the per-pixel ``||f||^2`` is the same for every k and
+cancels in the softmax); ``temperature`` T only shapes the probabilities, never the argmax.
 
-* ``kmeans`` (the classic baseline, e.g. the "K-means" rows of IIC, Ji et al. 2019, Table 1): a pixel's feature is
-  its normalised channel values. Normalisation is the fixed per-channel mean/std of the InputAdapter (grey:
-  0.449 / 0.226, RGB: ImageNet's, as PiCIE); k-means is invariant to one shift and scale of all features, so for
-  grey images the normalisation does not change the clustering. Variants, not the headline row:
+* ``kmeans`` (the classic baseline; IIC, Ji et al. 2019, reports "K-means" and "Random CNN" rows for
+  segmentation): a pixel's feature is its normalised channel values. Normalisation is the fixed per-channel
+  mean/std of the InputAdapter (grey: 0.449 / 0.226, RGB: ImageNet's, as PiCIE); k-means is invariant to one
+  shift and scale of all features, so for grey images the normalisation does not change the clustering.
+  Variants, not the headline row:
   ``features: patch`` (the p x p neighbourhood's normalised values, reflect-padded, D = C p^2) and
   ``features: local_stats`` (value, p x p mean and p x p standard deviation per channel, D = 3C).
 * ``random_cnn``: PiCIE's ResNet-18 + FPN (``training.nets.resnet_fpn``) at its random initialisation, i.e.
@@ -23,8 +25,8 @@ shapes the probabilities, never the argmax.
   features are L2-normalised and clustered at stride 4, and the nearest-centroid logits are upsampled to the
   input resolution (bilinear, align_corners=False) before the softmax. ``upsample: features`` upsamples the
   128-d features to the input resolution first, L2-normalises each input pixel's feature and clusters those:
-  per-pixel features in the literal sense, about 2x the CPU time of the whole net (128 channels at full
-  resolution), so it is the variant, not the default.
+  per-pixel features in the literal sense, but 128 channels at full resolution cost about as much CPU time again
+  as the whole net, so it is the variant, not the default.
 
 k-means: PiCIE's :class:`~training.methods.picie.kmeans.MiniBatchKMeans` (k-means++ seeding, Lloyd iterations).
 Each image contributes ``pixels_per_image`` random pixels. When the loader has a length, every batch of the pass
@@ -272,7 +274,8 @@ class KMeansBaseline(Method):
             getattr(self, _centroid_name(head)).copy_(centroids)
         self.fit_points.fill_(n_points)
         self._kmeans_losses = {head: km.loss for head, km in kms.items()}
-        logger.info("%s: k-means fitted on %d pixels (seed %d), distortion %s", self.name, n_points, seed,
+        logger.info("%s: k-means on a sample of %d pixels (pool capped at %d, seed %d), distortion %s", self.name,
+                    n_points, c.kmeans_max_points, seed,
                     {h: round(v, 6) for h, v in self._kmeans_losses.items()})
         return dict(self._kmeans_losses)
 
