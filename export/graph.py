@@ -8,7 +8,9 @@ one walker, as timm's ``reparameterize_model``:
    an ``nn.Conv2d(padding=k//2)`` with the full learned kernel (no mask, no shift padding: "fall back to the
    standard convolution", Ouali et al. 2020, Sec. 3.2) and its masked attention the unmasked block;
 2. every BatchNorm whose input is the output of a conv / linear layer and of nothing else is folded into that
-   layer's weight and bias (BN in eval mode is the affine map ``gamma (x - mean) / sqrt(var + eps) + beta``).
+   layer's weight and bias (BN in eval mode is the affine map ``gamma (x - mean) / sqrt(var + eps) + beta``);
+   a BN with no such layer before it (AC's ``head_norm`` after a residual sum) becomes that per-channel affine
+   map itself (:class:`ChannelAffine`, a Mul and an Add), so no BatchNormalization node reaches the graph.
 
 The data flow that step 2 needs is observed, not guessed: one forward pass on an example records which module
 produced each tensor and how many torch calls consumed it (forward hooks plus a ``TorchFunctionMode``), so a BN
@@ -38,6 +40,19 @@ log = logging.getLogger(__name__)
 FOLDABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)  # weight (out, ...): per-output-channel scale
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 FOLD_TOLERANCE = 1e-4  # max abs difference of probabilities allowed by folding (float32 rounding only)
+
+
+class ChannelAffine(nn.Module):
+    """An eval-mode BatchNorm that no layer could absorb: ``x * scale + shift`` per channel (dim 1)."""
+
+    def __init__(self, scale: torch.Tensor, shift: torch.Tensor):
+        super().__init__()
+        self.register_buffer("scale", scale)
+        self.register_buffer("shift", shift)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, ...)
+        view = (1, -1) + (1,) * (x.ndim - 2)
+        return x * self.scale.view(view) + self.shift.view(view)
 
 
 @dataclass(frozen=True)
@@ -192,26 +207,41 @@ def _foldable_bn(bn: nn.Module) -> bool:
 
 
 def fold_batchnorms(net: nn.Module, example: torch.Tensor) -> list[FoldedPair]:
-    """Fold every foldable BN of ``net`` (in place) into its layer; the BN becomes ``nn.Identity``."""
+    """Fold every foldable BN of ``net`` (in place) into its layer (the BN becomes ``nn.Identity``), and turn
+    the other eval-mode BNs with running statistics into :class:`ChannelAffine`."""
     pairs = find_foldable_pairs(net, example)
     modules = dict(net.named_modules())
+    folded = []
     for pair in pairs:
         layer, bn = modules[pair.layer], modules[pair.batchnorm]
         if layer.weight.shape[0] != bn.num_features:
             continue  # channel counts differ: not a per-channel affine of this layer's output
         _fold_into(layer, bn)
         _replace(net, pair.batchnorm, nn.Identity())
-    return [p for p in pairs if isinstance(dict(net.named_modules())[p.batchnorm], nn.Identity)]
+        folded.append(pair)
+    for name, m in list(net.named_modules()):
+        if isinstance(m, BATCHNORMS) and not m.training and m.running_var is not None:
+            scale, shift = _affine(m)
+            _replace(net, name, ChannelAffine(scale.float(), shift.float()))
+            log.info("BatchNorm %s has no conv/linear layer before it to fold into: kept as a per-channel affine",
+                     name)
+    return folded
 
 
-@torch.no_grad()
-def _fold_into(layer: nn.Module, bn: nn.Module) -> None:
+def _affine(bn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) in float64 with bn(x) = x * scale + shift per channel (eval mode)."""
     scale = torch.rsqrt(bn.running_var.double() + bn.eps)  # (C,)
     if bn.weight is not None:
         scale = scale * bn.weight.double()
     shift = -bn.running_mean.double() * scale
     if bn.bias is not None:
         shift = shift + bn.bias.double()
+    return scale.detach(), shift.detach()
+
+
+@torch.no_grad()
+def _fold_into(layer: nn.Module, bn: nn.Module) -> None:
+    scale, shift = _affine(bn)
     weight = layer.weight.double() * scale.view(-1, *([1] * (layer.weight.ndim - 1)))
     bias = shift if layer.bias is None else layer.bias.double() * scale + shift
     dtype = layer.weight.dtype

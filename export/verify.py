@@ -11,7 +11,9 @@ For every verification frame (``--verify-images``, default the bundled ``samples
 
 Numbers written to ``verify.json`` (see :func:`verify_model`): ``max_abs_diff_probs``, ``max_abs_diff_scores``,
 ``label_agreement`` / ``cluster_agreement`` (fraction of pixels equal to the reference), ``clusters_used``
-(distinct reference clusters seen; 1 means a collapsed model, which verifies trivially), and on labelled frames
+(distinct reference clusters seen; 1 means a collapsed model, whose labels agree trivially) and
+``reference_probs_std`` (spread of the reference probabilities: ~0 means the comparison checks nothing), and on
+labelled frames
 ``miou_reference``, ``miou_model``, ``miou_drop``. A dynamic model is also checked on a batch of two and on a
 second frame size. Thresholds per precision are :data:`DEFAULT_THRESHOLDS`; failing one raises
 :class:`~export.errors.VerificationError` carrying the report.
@@ -77,6 +79,9 @@ class _Tally:
     max_diff_scores: float | None = None
     shapes: list[list[int]] = field(default_factory=list)
     clusters_used: set[int] = field(default_factory=set)  # reference argmax values seen (1 = degenerate model)
+    probs_sum: float = 0.0  # sums of the reference probabilities and their squares, for their std
+    probs_sq: float = 0.0
+    probs_n: int = 0
 
 
 # -- frames ------------------------------------------------------------------------------------------------------
@@ -207,6 +212,9 @@ def _compare(seg: Segmenter, probe: Segmenter, reference: Reference, frames: lis
         p = probs[i, :, :h, :w]
         clusters = p.argmax(axis=0)
         tally.clusters_used.update(np.unique(clusters).tolist())
+        tally.probs_sum += float(p.sum(dtype=np.float64))
+        tally.probs_sq += float(np.square(p, dtype=np.float64).sum())
+        tally.probs_n += p.size
         tally.pixels += h * w
         tally.same_labels += int((mapping[clusters] == result.labels).sum())
         tally.same_clusters += int((clusters == result.clusters).sum())
@@ -247,6 +255,7 @@ def _report(model_path: Path, meta: ModelMeta, frames: list[LabelledFrame], tall
         "label_agreement": tally.same_labels / max(tally.pixels, 1),
         "cluster_agreement": tally.same_clusters / max(tally.pixels, 1),
         "clusters_used": len(tally.clusters_used),
+        "reference_probs_std": _std(tally),
         "miou_reference": None, "miou_model": None, "miou_drop": None, "miou_mapping": None,
         "thresholds": asdict(th),
     }
@@ -282,6 +291,13 @@ def _miou(meta: ModelMeta, ref_cm: ConfusionMatrix, model_cm: ConfusionMatrix) -
     model = segmentation_scores(apply_mapping(model_cm, mapping, n_gt)).miou
     return {"miou_reference": _num(ref), "miou_model": _num(model),
             "miou_drop": None if math.isnan(ref) or math.isnan(model) else float(ref - model), "miou_mapping": how}
+
+
+def _std(t: _Tally) -> float:
+    if not t.probs_n:
+        return 0.0
+    mean = t.probs_sum / t.probs_n
+    return float(max(t.probs_sq / t.probs_n - mean * mean, 0.0) ** 0.5)
 
 
 def _num(x: float) -> float | None:

@@ -9,7 +9,14 @@ import torch
 from torch import nn
 
 from export.errors import ExportError
-from export.graph import InferenceGraph, build_inference_graph, find_foldable_pairs, fold_batchnorms, make_plain
+from export.graph import (
+    ChannelAffine,
+    InferenceGraph,
+    build_inference_graph,
+    find_foldable_pairs,
+    fold_batchnorms,
+    make_plain,
+)
 from tests.export.tiny_methods import TinyAC, TinySeg, train_steps
 from training.nets.masked_attention import MaskedSelfAttention2d, SelfAttention2d
 from training.nets.masked_conv import MaskedConv2d
@@ -54,7 +61,7 @@ def test_fold_batchnorms_keeps_outputs_and_skips_shared_outputs():
     pairs = fold_batchnorms(net, x)
     assert {(p.layer, p.batchnorm) for p in pairs} == {("conv", "bn"), ("fc", "bn3")}
     assert isinstance(net.bn, nn.Identity) and isinstance(net.bn3, nn.Identity)
-    assert isinstance(net.bn2, nn.BatchNorm2d)  # conv2's output also feeds the residual: not folded
+    assert isinstance(net.bn2, ChannelAffine)  # conv2's output also feeds the residual: not folded, an affine map
     for a, b in zip(before, net(x), strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 

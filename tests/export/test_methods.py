@@ -12,21 +12,26 @@ import json
 import shutil
 from pathlib import Path
 
+import onnx
 import pytest
 
 from export.__main__ import main as export_main
+from tests.export.graph_checks import assert_plain
 from training.methods.base import available_methods, get_method_class
 
 SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "neu-seg"
 
+_KMEANS = {"pixels_per_image": 64, "kmeans_iters": 5, "kmeans_init_batches": 1}
 TINY: dict[str, dict] = {
-    "iic": {"width": 0.125},
-    "ac": {"width": 8, "n_blocks": 2},
+    "iic": {"width": 0.125, "over_clusters": 6, "half_T": 2},
+    "ac": {"width": 8, "n_blocks": 2, "attention_after": 1, "half_T": 2},
     "infoseg": {"width": 8, "feature_dim": 16, "global_hidden": 32},
-    "picie": {"feature_dim": 16, "kmeans_init_batches": 1, "kmeans_init_iters": 2, "kmeans_pixels_per_image": 64},
+    "picie": {"backbone_width": 8, "feature_dim": 16, "kmeans_init_batches": 1, "kmeans_init_iters": 2,
+              "kmeans_pixels_per_image": 64},
+    "kmeans": _KMEANS,
+    "random_cnn": {**_KMEANS, "feature_dim": 16},
 }
-# The ResNet-18 trunk of PiCIE has no width option: training + export take ~45 s on two loaded cores.
-SLOW = {"picie"}
+SLOW: set[str] = set()  # methods too heavy for the default run even in their TINY config
 
 
 def _registered() -> list:
@@ -63,15 +68,25 @@ def test_train_export_verify(name, images, tmp_path, capsys):
     assert code == 0, out.err
     report = json.loads((run / "export" / "verify.json").read_text())
     assert report["passed"] and report["max_abs_diff_probs"] <= 1e-4 and report["label_agreement"] >= 0.999
-    assert report["clusters_used"] >= 2, "the trained net predicts one cluster everywhere: the check is vacuous"
+    # A few steps can leave a method predicting one cluster everywhere (label agreement is then trivially 1);
+    # the probabilities still vary, and they are what max_abs_diff_probs compares.
+    assert report["reference_probs_std"] > 1e-3, "the reference probabilities are constant: the check is vacuous"
     meta = json.loads((run / "export" / "model.json").read_text())
     assert meta["method"] == name and meta["training"]["steps"] == 2 and meta["training"]["image_size"] == [64, 64]
     assert "exported" in out.out and "verified" in out.out
+    assert_plain(onnx.load(str(run / "export" / "model.onnx")))  # AC: masked convs / attention made plain
 
 
-def test_corrupted_checkpoint_is_a_clear_error(images, tmp_path, capsys):
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def trained_run(images, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("infoseg") / "run"
     _fit("infoseg", run, images)
+    return run
+
+
+def test_corrupted_checkpoint_is_a_clear_error(trained_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
     weights = run / "checkpoints" / "best" / "model.safetensors"
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -87,12 +102,10 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path, capsys):
     assert "no such run or checkpoint directory" in capsys.readouterr().err
 
 
-def test_mismatched_checkpoint_is_a_clear_error(images, tmp_path, capsys):
+def test_mismatched_checkpoint_is_a_clear_error(trained_run, tmp_path, capsys):
     from training.checkpoint import encode_files, open_checkpoint, write_checkpoint
 
-    run = tmp_path / "run"
-    _fit("infoseg", run, images)
-    ckpt = open_checkpoint(run / "checkpoints" / "best")
+    ckpt = open_checkpoint(trained_run / "checkpoints" / "best")
     state = json.loads(json.dumps(ckpt.state))
     state["config"]["method_config"]["n_clusters"] = 5  # the weights have 4 clusters
     target = tmp_path / "mismatched"
