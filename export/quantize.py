@@ -10,6 +10,7 @@ What stays in float (see :func:`float_nodes`):
   ``usseg calibrate`` rewrites;
 * everything after the last weighted layer (upsampling, Softmax): probabilities quantized to 8 bits collapse
   near-equal clusters into ties and the argmax then picks by index, which costs far more than it saves;
+* products of two activations (attention's ``QK^T`` and ``AV`` MatMuls), normalisations and softmaxes;
 * optionally (``--int8-float-layers first,last``, the default) the first and the last weighted layer, whose
   quantization error is the one not averaged out by later layers (the usual mixed-precision recipe; the
   benchmark ``benchmarks/int8_speed.py`` measures both choices).
@@ -72,10 +73,12 @@ def quantize_int8(fp32_path: Path, out_path: Path, batches: Sequence[np.ndarray]
         raise ExportError(f"int8 calibration method must be one of {CALIBRATION_METHODS}, got {options.method!r}")
     prepared = out_path.with_name(out_path.stem + ".prepared.onnx")
     try:
-        # onnxruntime's recommended pre-processing: shape inference and its basic (ONNX-standard) graph fusions
-        ort_quant.shape_inference.quant_pre_process(str(fp32_path), str(prepared))
-        excluded = float_nodes(onnx.load(str(prepared)), options.float_layers)
-        _quantize_static(ort_quant, prepared, out_path, _Reader(input_name, batches), excluded, options)
+        source = _pre_process(ort_quant, fp32_path, prepared)
+        excluded = float_nodes(onnx.load(str(source)), options.float_layers)
+        try:
+            _quantize_static(ort_quant, source, out_path, _Reader(input_name, batches), excluded, options)
+        except Exception as e:  # onnxruntime raises plain Exceptions and its pybind errors
+            raise ExportError(f"onnxruntime's quantize_static failed on {fp32_path}: {type(e).__name__}: {e}") from e
     finally:
         prepared.unlink(missing_ok=True)
     quantized = onnx.load(str(out_path))
@@ -85,6 +88,21 @@ def quantize_int8(fp32_path: Path, out_path: Path, batches: Sequence[np.ndarray]
     log.info("int8: %d weighted layers quantized, %d nodes kept in float, %d calibration frames", n_weighted,
              len(excluded), len(batches))
     return Int8Result(out_path, excluded, len(batches), n_weighted)
+
+
+def _pre_process(ort_quant: Any, fp32_path: Path, prepared: Path) -> Path:
+    """onnxruntime's recommended pre-processing (shape inference, its basic ONNX-standard fusions) into
+    ``prepared``; its symbolic shape inference gives up on some graphs (AC's attention reshapes), then ONNX's
+    own shape inference is used, and if that fails too the model is quantized as it is."""
+    for skip_symbolic in (False, True):
+        try:
+            ort_quant.shape_inference.quant_pre_process(str(fp32_path), str(prepared),
+                                                        skip_symbolic_shape=skip_symbolic)
+            return prepared
+        except Exception as e:  # it raises bare Exceptions
+            log.info("int8 pre-processing (skip_symbolic_shape=%s) failed: %s", skip_symbolic, e)
+    log.warning("int8: onnxruntime's pre-processing failed on this graph; quantizing it unprocessed")
+    return fp32_path
 
 
 def _quantize_static(ort_quant: Any, prepared: Path, out_path: Path, reader: _Reader, excluded: list[str],
@@ -110,6 +128,9 @@ def float_nodes(model: onnx.ModelProto, float_layers: Sequence[str]) -> list[str
     keep = {n.name for n in nodes[last + 1:]}  # upsampling, softmax, tail
     keep.update(n.name for n in nodes if n.name.startswith(TAIL_PREFIX) or PROBS_NAME in n.output
                 or n.op_type in FLOAT_OPS)
+    # activation x activation products (attention's QK^T and AV): 8-bit operands wreck the attention weights
+    # (AC: label agreement 0.56 -> 0.99 when they stay float); onnxruntime's MatMulConstBOnly is not honoured in QDQ
+    keep.update(n.name for n in nodes if n.op_type in ("MatMul", "Gemm") and not _has_constant_weight(model, n))
     if "first" in float_layers:
         keep.add(nodes[weighted[0]].name)
     if "last" in float_layers:

@@ -71,3 +71,18 @@ def test_quantize_rejects_bad_options(fp32_model, tmp_path):
         quantize_int8(fp32_model, tmp_path / "x.onnx", _batches(1), Int8Options(float_layers=("middle",)))
     with pytest.raises(ExportError, match="at least one frame"):
         quantize_int8(fp32_model, tmp_path / "x.onnx", [], Int8Options())
+
+
+def test_activation_products_stay_float():
+    """Attention's QK^T (two activations) stays float; a MatMul with a constant weight is quantized."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.ones((4, 4), np.float32), "w")
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["q"], name="project"),
+             helper.make_node("MatMul", ["q", "x"], ["qk"], name="qk"),
+             helper.make_node("Conv", ["qk", "k"], ["y"], name="head")]
+    k = numpy_helper.from_array(np.ones((2, 1, 1, 1), np.float32), "k")
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializer=[w, k])
+    kept = set(float_nodes(helper.make_model(graph), ()))
+    assert "qk" in kept and "project" not in kept
