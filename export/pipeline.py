@@ -137,6 +137,10 @@ def _check_options(o: ExportOptions) -> None:
         raise ExportError(f"--format takes {FORMATS}, got {list(o.formats)}")
     if o.batch_size < 1 or o.verify_count < 1 or o.int8_count < 1:
         raise ExportError("batch size and image counts must be >= 1")
+    if "engine" in o.formats:  # fail before the export work, not after it
+        from export import tensorrt
+
+        tensorrt.import_tensorrt()
 
 
 # -- the steps --------------------------------------------------------------------------------------------------
@@ -315,9 +319,20 @@ def training_summary(run_info: Any) -> TrainingSummary:
     crop = train.get("crop")
     size = (crop, crop) if isinstance(crop, int) else (tuple(crop) if isinstance(crop, list | tuple) else None)
     dataset = train.get("root") or train.get("kind")
-    return TrainingSummary(dataset=str(dataset) if dataset else None, image_size=size, steps=run_info.step,
+    return TrainingSummary(dataset=str(dataset) if dataset else None, n_images=_count_images(train),
+                           image_size=size, steps=run_info.step,
                            epochs=run_info.epoch, seconds=round(run_info.elapsed_s, 1),
                            config=json.loads(json.dumps(config, default=str)))
+
+
+def _count_images(train: dict[str, Any]) -> int | None:
+    """Images of a ``folder`` training set, when its root is reachable from here (best effort, else None)."""
+    root = train.get("root")
+    if train.get("kind") != "folder" or not root or not Path(root).is_dir():
+        return None
+    from usseg_sdk.sources import IMAGE_SUFFIXES
+
+    return sum(1 for p in Path(root).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 def package_versions() -> dict[str, str]:

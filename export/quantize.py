@@ -84,7 +84,8 @@ def quantize_int8(fp32_path: Path, out_path: Path, batches: Sequence[np.ndarray]
     quantized = onnx.load(str(out_path))
     n_weighted = _count_quantized_weights(quantized)
     if n_weighted == 0:
-        raise ExportError("int8 quantization quantized no layer (every weighted layer was excluded or unsupported)")
+        raise ExportError("int8 quantization found no convolution / matmul layer to quantize (all excluded, or the "
+                          "model has none, like the pixel k-means baseline): int8 cannot speed it up; export fp32")
     log.info("int8: %d weighted layers quantized, %d nodes kept in float, %d calibration frames", n_weighted,
              len(excluded), len(batches))
     return Int8Result(out_path, excluded, len(batches), n_weighted)
@@ -123,7 +124,8 @@ def float_nodes(model: onnx.ModelProto, float_layers: Sequence[str]) -> list[str
     nodes = list(model.graph.node)
     weighted = [i for i, n in enumerate(nodes) if n.op_type in WEIGHTED_OPS and _has_constant_weight(model, n)]
     if not weighted:
-        raise ExportError("the graph has no weighted layer (Conv/Gemm/MatMul with constant weights) to quantize")
+        raise ExportError("int8 quantization found no convolution / matmul layer with constant weights (the pixel "
+                          "k-means baseline has none): int8 cannot speed it up; export fp32")
     last = weighted[-1]
     keep = {n.name for n in nodes[last + 1:]}  # upsampling, softmax, tail
     keep.update(n.name for n in nodes if n.name.startswith(TAIL_PREFIX) or PROBS_NAME in n.output

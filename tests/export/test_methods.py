@@ -73,6 +73,7 @@ def test_train_export_verify(name, images, tmp_path, capsys):
     assert report["reference_probs_std"] > 1e-3, "the reference probabilities are constant: the check is vacuous"
     meta = json.loads((run / "export" / "model.json").read_text())
     assert meta["method"] == name and meta["training"]["steps"] == 2 and meta["training"]["image_size"] == [64, 64]
+    assert meta["training"]["n_images"] == 8 and meta["training"]["dataset"] == str(images)
     assert "exported" in out.out and "verified" in out.out
     assert_plain(onnx.load(str(run / "export" / "model.onnx")))  # AC: masked convs / attention made plain
 
@@ -114,3 +115,12 @@ def test_mismatched_checkpoint_is_a_clear_error(trained_run, tmp_path, capsys):
     assert export_main([str(target), "--no-verify"]) == 2
     err = capsys.readouterr().err
     assert "model.safetensors" in err and "shapes do not match" in err
+
+
+def test_engine_without_tensorrt_fails_fast_naming_the_extra(trained_run, tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    assert export_main([str(trained_run), "--format", "onnx", "engine", "--out", str(tmp_path / "out")]) == 2
+    assert "usseg-sdk[trt]" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
