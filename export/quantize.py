@@ -92,18 +92,18 @@ def quantize_int8(fp32_path: Path, out_path: Path, batches: Sequence[np.ndarray]
 
 
 def _pre_process(ort_quant: Any, fp32_path: Path, prepared: Path) -> Path:
-    """onnxruntime's recommended pre-processing (shape inference, its basic ONNX-standard fusions) into
-    ``prepared``; its symbolic shape inference gives up on some graphs (AC's attention reshapes), then ONNX's
-    own shape inference is used, and if that fails too the model is quantized as it is."""
-    for skip_symbolic in (False, True):
-        try:
-            ort_quant.shape_inference.quant_pre_process(str(fp32_path), str(prepared),
-                                                        skip_symbolic_shape=skip_symbolic)
-            return prepared
-        except Exception as e:  # it raises bare Exceptions
-            log.info("int8 pre-processing (skip_symbolic_shape=%s) failed: %s", skip_symbolic, e)
-    log.warning("int8: onnxruntime's pre-processing failed on this graph; quantizing it unprocessed")
-    return fp32_path
+    """onnxruntime's recommended pre-processing (ONNX shape inference and its basic ONNX-standard fusions) into
+    ``prepared``; the model is quantized as it is when that fails.
+
+    Its symbolic shape inference is skipped: it gives up on some of our graphs (AC's attention reshapes) and then
+    dumps ``sym_shape_infer_temp.onnx`` plus a data file into the current directory; ONNX's inference suffices.
+    """
+    try:
+        ort_quant.shape_inference.quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        return prepared
+    except Exception as e:  # it raises bare Exceptions
+        log.warning("int8: onnxruntime's pre-processing failed (%s); quantizing the model unprocessed", e)
+        return fp32_path
 
 
 def _quantize_static(ort_quant: Any, prepared: Path, out_path: Path, reader: _Reader, excluded: list[str],
