@@ -144,7 +144,41 @@ def _check_options(o: ExportOptions) -> None:
 
 
 # -- the steps --------------------------------------------------------------------------------------------------
+@dataclass
+class _Float32Graph:
+    model: onnx.ModelProto
+    meta: ModelMeta
+    inference_net: torch.nn.Module  # the method's own (un-rewritten) net: the verification reference
+    details: dict[str, Any]
+
+
 def _export_into(method: Method, o: ExportOptions, training: TrainingSummary, staging: Path) -> ExportResult:
+    built = _float32_graph(method, o, training)
+    model, meta = built.model, built.meta
+    fp32_path = staging / "model.fp32.onnx"
+    _write(model, meta, fp32_path)
+    cal = None
+    if o.calibration is not None:
+        cal = calibrate(fp32_path, o.calibration)
+        meta = cal.meta
+        _write(set_mapping(model, meta), meta, fp32_path)
+    final, meta, extra = _convert_precision(model, meta, fp32_path, staging, o)
+    details = {**built.details, **extra}
+    report = _verify(final, InferenceGraph(built.inference_net).eval(), meta, o) if o.verify else None
+    files = [final, staging / "model.json"]
+    if "engine" in o.formats:
+        files += _build_engine(final, fp32_path, meta, o, staging, details)
+    fp32_path.unlink(missing_ok=True)
+    summary = {**(report or {"passed": None, "skipped": "--no-verify"}), "export": details}
+    if cal is not None:
+        summary["calibration"] = cal.report()
+    write_text_atomic(staging / "verify.json", json.dumps(summary, indent=2) + "\n")
+    files.append(staging / "verify.json")
+    return ExportResult(staging, meta, files, report, cal)
+
+
+def _float32_graph(method: Method, o: ExportOptions, training: TrainingSummary) -> _Float32Graph:
+    """Plain graph -> ONNX with the contract tail and an identity mapping, and its (uncalibrated) ModelMeta."""
     heads = method.eval_heads()
     if o.head not in heads:
         raise ExportError(f"method {method.name!r} has heads {sorted(heads)}, not {o.head!r} (--head)")
@@ -162,31 +196,10 @@ def _export_into(method: Method, o: ExportOptions, training: TrainingSummary, st
         outputs=OutputSpec(scores="scores" if o.scores else None), tiling=_tiling(spec, o), precision="fp32",
         training=training, versions=package_versions(), exporter=exported.exporter, opset=o.opset,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    fp32_path = staging / "model.fp32.onnx"
-    _write(model, meta, fp32_path)
-    cal = None
-    if o.calibration is not None:
-        cal = calibrate(fp32_path, o.calibration)
-        meta = cal.meta
-        _write(set_mapping(model, meta), meta, fp32_path)
-    details: dict[str, Any] = {"exporter": exported.exporter, "opset": o.opset, "head": o.head,
-                               "dynamic": o.dynamic, "example_shape": list(example.shape),
-                               "folded_batchnorms": len(folded), "nodes": onnx_export.node_counts(model)}
-    final, meta, extra = _convert_precision(model, meta, fp32_path, staging, o)
-    details.update(extra)
-    report = None
-    if o.verify:
-        report = _verify(final, InferenceGraph(inference_net).eval(), meta, o)
-    files = [final, staging / "model.json"]
-    if "engine" in o.formats:
-        files += _build_engine(final, fp32_path, meta, o, staging, details)
-    fp32_path.unlink(missing_ok=True)
-    summary = {**(report or {"passed": None, "skipped": "--no-verify"}), "export": details}
-    if cal is not None:
-        summary["calibration"] = cal.report()
-    write_text_atomic(staging / "verify.json", json.dumps(summary, indent=2) + "\n")
-    files.append(staging / "verify.json")
-    return ExportResult(staging, meta, files, report, cal)
+    details = {"exporter": exported.exporter, "opset": o.opset, "head": o.head, "dynamic": o.dynamic,
+               "example_shape": list(example.shape), "folded_batchnorms": len(folded),
+               "nodes": onnx_export.node_counts(model)}
+    return _Float32Graph(model, meta, inference_net, details)
 
 
 def _example(spec: Any, o: ExportOptions) -> torch.Tensor:
