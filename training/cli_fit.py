@@ -80,8 +80,12 @@ def run(args: argparse.Namespace) -> int:
 
     from training.engine import fit
 
-    with stop.installed(), logging_redirect_tqdm():
-        result = fit(config, run_dir, resume=args.resume is not None, progress=progress, should_stop=stop)
+    try:
+        with stop.installed(), logging_redirect_tqdm():
+            result = fit(config, run_dir, resume=args.resume is not None, progress=progress, should_stop=stop)
+    except KeyboardInterrupt:  # the second Ctrl-C
+        print(f"aborted; resume from the last checkpoint with --resume {run_dir}", file=sys.stderr)
+        return 130
     if int(os.environ.get("RANK", "0")) == 0:
         best = "" if result.best_miou is None else f", best mIoU {result.best_miou:.4f} (step {result.best_step})"
         print(f"{result.stopped}: step {result.step}, epoch {result.epoch}{best}; run directory {result.run_dir}")
@@ -178,8 +182,9 @@ class _StopRequest:
 class TqdmProgress:
     """One bar per epoch: steps, smoothed loss, images/s."""
 
-    def __init__(self, smoothing: float = 0.1):
+    def __init__(self, smoothing: float = 0.1, disable: bool | None = None):
         self.smoothing = smoothing
+        self.disable = disable  # None: off when stderr is not a terminal
         self.bar: Any = None
         self.loss: float | None = None
         self.rate: float | None = None
@@ -189,7 +194,7 @@ class TqdmProgress:
         from tqdm import tqdm
 
         self.bar = tqdm(total=total_batches, initial=done_batches, desc=f"epoch {epoch}", unit="step",
-                        dynamic_ncols=True, disable=None, file=sys.stderr)
+                        dynamic_ncols=True, disable=self.disable, file=sys.stderr)
         self.last = time.monotonic()
 
     def step(self, values: dict[str, float]) -> None:

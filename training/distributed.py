@@ -72,16 +72,30 @@ def shutdown_distributed(env: DistEnv) -> None:
         dist.destroy_process_group()
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """y = sum_r x_r on every rank; dL/dx_r = sum_r' dL_r'/dy (the gradients of all ranks' outputs, summed)."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
+        out = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
+
+
 def differentiable_all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum over ranks that back-propagates: the gradient of every rank's output flows to every rank's input.
 
-    ``torch.distributed.nn.functional.all_reduce``'s backward all-reduces (sums) the incoming gradients. When
-    every rank computes the same loss from the summed statistic, each rank's local gradient is W times the
-    full-batch one, and DDP's gradient averaging (division by W) yields exactly the full-batch gradient.
+    When every rank computes the same loss from the summed statistic, each rank's local gradient is W times the
+    full-batch one, and DDP's gradient averaging (division by W) yields exactly the full-batch gradient. (The
+    same semantics as ``torch.distributed.nn.functional.all_reduce``, which torch deprecates.)
     """
-    from torch.distributed.nn.functional import all_reduce
-
-    return all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return _AllReduceSum.apply(tensor)
 
 
 def all_reduce_sum_(tensor: torch.Tensor, env: DistEnv) -> torch.Tensor:

@@ -174,6 +174,14 @@ class _Trainer:
                              torch.backends.cudnn.deterministic)
         device = select_device(self.cfg.device)
         self.env: DistEnv = init_distributed(device.type)
+        try:
+            self._setup(device, run_dir, resume, train_dataset, eval_dataset, progress)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, device: torch.device, run_dir: Path, resume: bool, train_dataset: Dataset | None,
+               eval_dataset: Dataset | None, progress: Progress | None) -> None:
         if self.env.enabled and device.type == "cuda":
             device = torch.device("cuda", self.env.local_rank)
         self.device = device
@@ -365,9 +373,10 @@ class _Trainer:
 
     def _log_start(self) -> None:
         amp = f"AMP {str(self.amp_dtype).removeprefix('torch.')}" if self.use_amp else "fp32"
-        log.info("training %s on %s (%s), %d process(es), batch %d x %d, %d steps/epoch, run dir %s",
-                 self.config["method"], self.device, amp, self.env.world_size, self.cfg.batch_size,
-                 self.env.world_size, self.steps_per_epoch, self.run_dir)
+        n_params = sum(p.numel() for p in self.method.parameters() if p.requires_grad)
+        log.info("training %s (%.2fM parameters) on %s (%s), %d process(es), batch %d x %d, %d steps/epoch, "
+                 "run dir %s", self.config["method"], n_params / 1e6, self.device, amp, self.env.world_size,
+                 self.cfg.batch_size, self.env.world_size, self.steps_per_epoch, self.run_dir)
         resumed = {} if self.resume_from is None else {"checkpoint": str(self.resume_from.path)}
         self._event("resume" if resumed else "start", method=self.config["method"], device=str(self.device),
                     amp=self.use_amp, world_size=self.env.world_size, steps_per_epoch=self.steps_per_epoch,
@@ -481,10 +490,12 @@ class _Trainer:
 
     def _finish(self, reason: str) -> FitResult:
         c = self.c
-        improved = False
+        improved = evaluated = False
         if self.eval_loader is not None and c.last_eval_step != c.step:
-            improved = self._evaluate()
-        self._save(last=self._last_saved_step != c.step, best=improved or self.eval_loader is None)
+            improved, evaluated = self._evaluate(), True
+        # Re-save last after a final evaluation even at an already saved step: its state must hold the scores
+        # (a resume compares new evaluations with best_miou) and the log lines written since.
+        self._save(last=evaluated or self._last_saved_step != c.step, best=improved or self.eval_loader is None)
         c.elapsed_s = self._elapsed()
         self._event("end", reason=reason)
         log.info("stopped (%s) at step %d, epoch %d after %.1f s of training%s", reason, c.step, c.epoch,

@@ -1,9 +1,9 @@
 """``metrics.jsonl``: one JSON object per line, appended and flushed as the run goes.
 
-Every line has ``kind`` (``train``, ``eval``, ``hook``, ``event``), ``step``, ``epoch`` and ``elapsed_s``. On
-resume, lines from after the checkpoint's step (written by the run that died) and a torn last line are dropped,
-so the log of a resumed run reads like the uninterrupted one plus a ``resume`` event. The checkpoint records how
-many lines the log had when it was written (:attr:`MetricsLog.lines`) and resume keeps exactly those.
+Every line has ``kind`` (``train``, ``eval``, ``hook``, ``event``), ``step``, ``epoch`` and ``elapsed_s``. A
+checkpoint records how many lines the log had when it was written (:attr:`MetricsLog.lines`); resume keeps
+exactly those, dropping what the run that died wrote after it (and a torn last line), so the log of a resumed
+run reads like the uninterrupted one with a ``resume`` event where it continued.
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ def plot_curves(metrics_path: str | os.PathLike, out_path: str | os.PathLike, ti
     FigureCanvasAgg(fig)
     ax_loss, ax_eval = fig.subplots(1, 2)
     xs, ys = _series(records, "train", "loss")
-    ax_loss.plot(xs, ys, color="tab:blue", lw=1.2)
+    ax_loss.plot(xs, ys, color="tab:blue", lw=1.2, marker="o" if len(xs) < 30 else None, ms=3)
     ax_loss.set(xlabel="step", ylabel="loss", title="training loss")
     ax_loss.grid(alpha=0.3)
     plotted = False

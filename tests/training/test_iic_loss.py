@@ -181,7 +181,7 @@ def test_fully_masked_batch_gives_zero_loss_with_skip(uncollapsed):
     loss, _ = iic_seg_loss(p, p.detach().clone(), half_T=1, mask=torch.zeros(2, 5, 5), uncollapsed=uncollapsed,
                            skip_empty_shifts=True)
     loss.backward()
-    assert float(loss) == 0.0 and torch.equal(p.grad, torch.zeros_like(p))
+    assert float(loss.detach()) == 0.0 and torch.equal(p.grad, torch.zeros_like(p))
 
 
 # -- distributed reduction --------------------------------------------------------------------------------------
@@ -201,8 +201,8 @@ def test_reduce_hook_makes_two_half_batches_equal_the_full_batch(uncollapsed):
     iic_seg_loss(p1[2:], p2[2:], mask=mask[2:], reduce=lambda j: other.append(j) or j, **kw)
     split, split_no_lamb = iic_seg_loss(p1[:2], p2[:2], mask=mask[:2], reduce=lambda j: j + other[0], **kw)
     s1, s2 = torch.autograd.grad(split, (p1, p2))
-    assert float(split) == pytest.approx(float(full), rel=1e-12)
-    assert float(split_no_lamb) == pytest.approx(float(full_no_lamb), rel=1e-12)
+    assert float(split.detach()) == pytest.approx(float(full.detach()), rel=1e-12)
+    assert float(split_no_lamb.detach()) == pytest.approx(float(full_no_lamb.detach()), rel=1e-12)
     assert torch.allclose(s1, g1, rtol=1e-10, atol=1e-14) and torch.allclose(s2, g2, rtol=1e-10, atol=1e-14)
 
 

@@ -4,6 +4,10 @@ Every file under ``root`` (recursively by default) whose suffix is one of ``exte
 names starting with '.' are skipped), in sorted order of the relative path, so indices are stable across
 machines. Grey or colour, 8-bit or 16-bit (see ``training.data.image_io`` for the scaling).
 
+Sub-folders named like label folders (``exclude_dirs``: masks, labels, annotations, ...) are not read, so
+pointing ``root`` at an image+mask tree (NEU-Seg's ``images/`` + ``masks/``) trains on the images only; the
+skipped folders are logged.
+
 Unreadable files: with ``on_error: raise`` (default) the dataset refuses to build and names the first one;
 with ``on_error: skip`` they are left out and counted in one WARNING log line. The check at build time reads
 each file's signature only; a file that still fails to decode when read is, with ``skip``, replaced by the next
@@ -30,19 +34,23 @@ logger = logging.getLogger(__name__)
 class FolderConfig(DatasetConfig):
     extensions: tuple[str, ...] = IMAGE_EXTENSIONS  # file suffixes that count as images (with the dot)
     recursive: bool = True  # also look in sub-folders
+    exclude_dirs: tuple[str, ...] = ("masks", "labels", "annotations", "ann_dir", "gt", "groundtruth")
     on_error: str = "raise"  # unreadable files: "raise" (DataError naming the file) or "skip" (logged count)
     max_value: float | None = None  # pixel value that maps to 1.0; null = 255 (8-bit) / 65535 (16-bit)
 
 
-def list_image_files(root: Path, extensions: tuple[str, ...], recursive: bool) -> list[Path]:
-    """Image files under ``root`` sorted by relative POSIX path (hidden files and folders skipped)."""
+def list_image_files(root: Path, extensions: tuple[str, ...], recursive: bool,
+                     exclude_dirs: tuple[str, ...] = ()) -> list[Path]:
+    """Image files under ``root`` sorted by relative POSIX path (hidden folders and ``exclude_dirs`` skipped)."""
     candidates = root.rglob("*") if recursive else root.glob("*")
-    files = [p for p in candidates if is_image_file(p, extensions) and p.is_file() and not _in_hidden_folder(p, root)]
+    excluded = {d.lower() for d in exclude_dirs}
+    files = [p for p in candidates if is_image_file(p, extensions) and p.is_file()
+             and not _in_skipped_folder(p, root, excluded)]
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
-def _in_hidden_folder(path: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(root).parts[:-1])
+def _in_skipped_folder(path: Path, root: Path, excluded: set[str]) -> bool:
+    return any(part.startswith(".") or part.lower() in excluded for part in path.relative_to(root).parts[:-1])
 
 
 @register_dataset("folder")
@@ -55,7 +63,13 @@ class FolderDataset(ImageDataset):
             raise ConfigError(f"dataset kind 'folder': on_error must be 'raise' or 'skip', got {config.on_error!r}")
         self._require_labels_for_train_labels()
         extensions = normalise_extensions(config.extensions)
-        files = list_image_files(self.root, extensions, config.recursive)
+        files = list_image_files(self.root, extensions, config.recursive, config.exclude_dirs)
+        skipped_dirs = sorted(d.name for d in self.root.iterdir()
+                              if d.is_dir() and d.name.lower() in {x.lower() for x in config.exclude_dirs})
+        if skipped_dirs and config.recursive:
+            # An image+mask tree (NEU-Seg layout): label PNGs are not training images.
+            logger.info("folder %s: not reading sub-folder(s) %s (label maps); set exclude_dirs to change this",
+                        self.root, skipped_dirs)
         if not files:
             raise DataError(f"no image files ({', '.join(extensions)}) in {self.root}")
         unreadable = [p for p in files if not can_decode(p)]

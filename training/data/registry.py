@@ -13,7 +13,7 @@ from typing import Any
 
 from training.data.image_dataset import ImageDataset
 from training.errors import ConfigError
-from training.methods.base import config_from_dict
+from training.typed_config import config_from_dict
 
 _REGISTRY: dict[str, type[ImageDataset]] = {}
 

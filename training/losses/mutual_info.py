@@ -143,8 +143,9 @@ def iic_seg_loss(p1: torch.Tensor, p2: torch.Tensor, *, lamb: float = 1.0, half_
         skip_empty_shifts: drop displacements with no unmasked overlap instead of returning NaN (uncollapsed),
             and return a zero loss instead of NaN when nothing at all overlaps. Logged at DEBUG level and
             counted in ``stats["skipped_shifts"]``.
-        reduce: applied to the unnormalised joint(s) before normalisation, e.g. ``FitContext.all_reduce_sum``,
-            so that W ranks with batch b compute the loss of the batch W*b.
+        reduce: applied to the unnormalised joint before normalisation, e.g. ``FitContext.all_reduce_sum``, so
+            that W ranks with batch b compute the loss of the batch W*b: to the (S, K, K) per-displacement
+            joints when uncollapsed, to their (K, K) sum when collapsed. Must be a differentiable sum.
         joint: implementation of :func:`displaced_joint` (default :data:`DEFAULT_JOINT`).
         stats: if given, receives ``skipped_shifts`` and ``n_shifts``.
     """

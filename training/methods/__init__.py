@@ -1,7 +1,6 @@
 """Training methods. Each module registers itself with ``@register_method``; import them all here."""
 
-import training.methods.ac  # noqa: F401  (registers "ac")
-from training.methods import iic  # noqa: F401  (registers "iic")
+from training.methods import ac, iic, infoseg, picie  # noqa: F401  (each registers its method)
 from training.methods.base import (
     FitContext,
     Method,
@@ -11,7 +10,6 @@ from training.methods.base import (
     get_method_class,
     register_method,
 )
-from training.methods.picie import PiCIE  # noqa: F401  (registers "picie")
 
 __all__ = [
     "FitContext",

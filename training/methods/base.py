@@ -17,8 +17,6 @@ inference_net contract:
 
 from __future__ import annotations
 
-import dataclasses
-import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +25,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from training.errors import ConfigError, UnknownMethodError
+from training.errors import UnknownMethodError
+from training.typed_config import config_from_dict, config_to_dict  # noqa: F401  (re-exported)
 from usseg_sdk.meta import InputSpec
 
 
@@ -175,55 +174,3 @@ def build_method(name: str, config: dict[str, Any] | MethodConfig | None = None)
     if not isinstance(config, MethodConfig):
         config = config_from_dict(cls.config_class, config or {})
     return cls(config)
-
-
-def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
-    """Build dataclass ``cls`` from ``values``, rejecting unknown keys and converting lists to tuples.
-
-    Nested dataclass fields accept dicts. Errors name the field and list the valid ones.
-    """
-    if not dataclasses.is_dataclass(cls):
-        raise TypeError(f"{cls} is not a dataclass")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ConfigError(f"{cls.__name__} has no field(s) {unknown}; valid fields: {sorted(fields)}")
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in values.items():
-        kwargs[key] = _coerce(hints[key], value, f"{cls.__name__}.{key}")
-    return cls(**kwargs)
-
-
-def config_to_dict(config: Any) -> dict[str, Any]:
-    """JSON/YAML-friendly dict of a config dataclass (tuples become lists)."""
-    return dataclasses.asdict(config)
-
-
-def _coerce(hint: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if dataclasses.is_dataclass(hint) and isinstance(value, dict):
-        return config_from_dict(hint, value)
-    if origin is tuple and isinstance(value, list | tuple):
-        return tuple(value)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(arg, value, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: {value!r} does not fit {hint}")
-    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if hint is int and isinstance(value, float) and value.is_integer():
-        return int(value)
-    if hint in (int, float, str, bool) and not isinstance(value, hint):
-        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
-    if hint is int and isinstance(value, bool):
-        raise ConfigError(f"{where}: expected int, got {value!r}")
-    return value

@@ -137,3 +137,17 @@ def test_seeded_crops_are_the_same_with_worker_processes(tree):
     inline = torch.cat([b["image"] for b in DataLoader(ds, batch_size=2)])
     workers = torch.cat([b["image"] for b in DataLoader(ds, batch_size=2, num_workers=2)])
     assert torch.equal(inline, workers)
+
+
+def test_image_mask_tree_trains_on_images_only(caplog):
+    """Pointing a folder dataset at NEU-Seg's layout (images/ + masks/) must not read the label PNGs as images."""
+    from tests.conftest import SAMPLE_DIR
+
+    with caplog.at_level("INFO", logger="training.data.folder"):
+        ds = build_dataset({"kind": "folder", "root": str(SAMPLE_DIR), "crop": 32}, train=True)
+    assert len(ds) == len(list((SAMPLE_DIR / "images").glob("*.jpg"))) == 40
+    assert all(i.startswith("images/") for i in ds.ids)
+    assert "masks" in caplog.text
+    everything = build_dataset({"kind": "folder", "root": str(SAMPLE_DIR), "crop": 32, "exclude_dirs": []},
+                               train=True)
+    assert len(everything) == 80

@@ -13,6 +13,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from tests.training.engine.conftest import single_thread_env
 from tests.training.engine.toy_methods import toy_image
 from training import checkpoint as ck
 from training.__main__ import main
@@ -44,7 +45,7 @@ def preset(tmp_path):
         "method": "toy_seg",
         "method_config": {"epoch_pass": True, "optimizer": "adam", "lr": 0.05},
         "data": {"train": {"kind": "folder", "crop": 8, "channels": 1}, "eval": None},
-        "train": {"epochs": 4, "batch_size": 4, "num_workers": 0, "checkpoint_every_steps": 2, "log_every": 1},
+        "train": {"epochs": 3, "batch_size": 4, "num_workers": 0, "checkpoint_every_steps": 2, "log_every": 1},
     }))
     return path
 
@@ -66,10 +67,11 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path, data, pre
     run = tmp_path / "killed"
     log = open(tmp_path / "killed.log", "wb")
     proc = subprocess.Popen(_cli("--preset", str(preset), "--data", str(data / "images"), "--out", str(run),
-                                 "--set", "method_config.step_sleep_s=0.05"), cwd=ROOT, stdout=log, stderr=log)
+                                 "--set", "method_config.step_sleep_s=0.05"), cwd=ROOT, stdout=log, stderr=log,
+                            env=single_thread_env())
     try:
         deadline = time.monotonic() + 120
-        while _last_step(run) < 8 and proc.poll() is None and time.monotonic() < deadline:
+        while _last_step(run) < 6 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert proc.poll() is None, f"the run ended before it could be killed:\n{(tmp_path / 'killed.log').read_text()}"
         os.kill(proc.pid, signal.SIGKILL)
@@ -79,11 +81,11 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path, data, pre
             proc.kill()
         log.close()
     killed_at = _last_step(run)
-    assert 8 <= killed_at < 24
+    assert 6 <= killed_at < 18
     resumed = subprocess.run(_cli("--resume", str(run), "--set", "method_config.step_sleep_s=0"), cwd=ROOT,
-                             capture_output=True, text=True, timeout=300)
+                             capture_output=True, text=True, timeout=300, env=single_thread_env())
     assert resumed.returncode == 0, resumed.stderr
-    assert "completed: step 24, epoch 4" in resumed.stdout
+    assert "completed: step 18, epoch 3" in resumed.stdout
     assert f"resuming {run} from step {killed_at}" in resumed.stderr
 
     # the uninterrupted run, same config (step_sleep_s changes timing only)
@@ -99,7 +101,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path, data, pre
 def test_cli_trains_evaluates_and_reports(tmp_path, data, preset, capsys):
     out = tmp_path / "run"
     code = main(["fit", "--plugin", PLUGIN, "--no-progress", "--preset", str(preset), "--data", str(data / "images"),
-                 "--eval-data", str(data), "--set", "train.epochs=1", "--set", "data.eval.channels=1",
+                 "--eval-data", str(data), "--set", "train.epochs=1",
                  "--out", str(out)])
     assert code == 0
     assert "completed: step 6, epoch 1, best mIoU" in capsys.readouterr().out
@@ -125,3 +127,17 @@ def test_cli_print_config_and_user_errors(tmp_path, data, preset, capsys):
     assert "no complete checkpoint to resume from" in capsys.readouterr().err
     assert main(["fit", "--plugin", "no.such.module", "--preset", str(preset)]) == 2
     assert "--plugin no.such.module: cannot import it" in capsys.readouterr().err
+
+
+def test_progress_bar_smooths_loss_and_counts_steps():
+    from training.cli_fit import TqdmProgress
+
+    progress = TqdmProgress(smoothing=0.5, disable=False)
+    progress.epoch_start(0, total_batches=4, done_batches=1)
+    bar = progress.bar
+    for loss in (2.0, 4.0):
+        progress.step({"loss": loss, "lr": 0.1, "images": 8})
+    assert progress.loss == pytest.approx(3.0) and progress.rate > 0
+    assert bar.n == 3
+    progress.epoch_end()
+    assert progress.bar is None

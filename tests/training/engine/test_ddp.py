@@ -17,6 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
+from tests.training.engine.conftest import single_thread_env
 from tests.training.engine.toy_methods import ToyImages
 from training import checkpoint as ck
 from training.engine import fit
@@ -38,6 +39,7 @@ def _config(method_config, batch_size):
 
 
 def _worker(rank, world, port, out_dir):
+    torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         for name, method_config in CASES.items():
@@ -135,7 +137,7 @@ def test_torchrun_cli(tmp_path):
                              "--master_port", str(_free_port()), "-m", "training", "fit", "--plugin",
                              "tests.training.engine.toy_methods", "--preset", str(preset), "--data",
                              str(tmp_path / "images"), "--out", str(tmp_path / "run"), "--no-progress"],
-                            cwd=root, capture_output=True, text=True, timeout=300)
+                            cwd=root, capture_output=True, text=True, timeout=300, env=single_thread_env())
     assert result.returncode == 0, result.stderr
     state = ck.open_checkpoint(tmp_path / "run" / "checkpoints" / "last").state
     assert (state["step"], state["world_size"]) == (8, 2)  # 16 images / (2 x 2) = 4 steps per epoch

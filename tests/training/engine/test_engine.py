@@ -89,6 +89,28 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert (tmp_path / "run" / "curves.png").exists()
 
 
+def test_non_finite_weights_are_never_checkpointed(tmp_path):
+    cfg = config(method_config={"poison_at_step": 3}, checkpoint_every_steps=2, epochs=5)
+    with pytest.raises(NonFiniteLossError, match=r"the (weights became non-finite|loss is nan)"):
+        fit(cfg, tmp_path / "run", train_dataset=TRAIN)
+    last = ck.open_checkpoint(tmp_path / "run" / "checkpoints" / "last")
+    assert last.state["step"] == 2
+    assert all(torch.isfinite(t).all() for t in weights(last.path).values())
+
+
+def test_stop_request_stops_after_the_step_with_a_resumable_checkpoint(tmp_path):
+    calls = []
+
+    def should_stop():
+        calls.append(1)
+        return len(calls) >= 3
+
+    result = fit(config(epochs=5), tmp_path / "run", train_dataset=TRAIN, should_stop=should_stop)
+    assert (result.stopped, result.step) == ("interrupted", 3)
+    state = ck.open_checkpoint(tmp_path / "run" / "checkpoints" / "last").state
+    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (3, 0, 3)
+
+
 def test_time_budget_stops_cleanly_with_a_checkpoint(tmp_path):
     cfg = config(method_config={"step_sleep_s": 0.05}, epochs=1000, time_budget_s=0.5)
     result = fit(cfg, tmp_path / "run", train_dataset=TRAIN, eval_dataset=EVAL)
@@ -113,6 +135,19 @@ def test_best_is_the_best_evaluation_and_last_the_end(tmp_path):
     assert (info.step, info.metrics["best_miou"], method.epochs_done) == (8, evals[1], 2)
 
 
+def test_a_resumed_run_keeps_the_best_score_of_the_stopped_one(tmp_path):
+    """The stop at max_steps evaluates after the periodic checkpoint of the same step: last must hold that score."""
+    cfg = config("toy_scripted", {"good_epochs": [0]}, epochs=1, max_steps=2, checkpoint_every_steps=2)
+    first = fit(cfg, tmp_path / "run", train_dataset=TRAIN, eval_dataset=EVAL)
+    assert first.best_miou > 0.9 and first.best_step == 2
+    cfg["train"]["max_steps"] = None
+    second = fit(cfg, tmp_path / "run", resume=True, train_dataset=TRAIN, eval_dataset=EVAL)
+    assert second.last_eval["miou"] < 0.5  # epochs_done = 1: the bad predictions
+    assert (second.best_miou, second.best_step) == (first.best_miou, 2)
+    assert ck.open_checkpoint(tmp_path / "run" / "checkpoints" / "best").state["step"] == 2
+    assert [r["step"] for r in records(tmp_path / "run") if r["kind"] == "eval"] == [2, 4]
+
+
 def test_without_evaluation_best_is_the_last(tmp_path):
     fit(config(epochs=1), tmp_path / "run", train_dataset=TRAIN)
     assert_same_weights(tmp_path / "run" / "checkpoints" / "best", tmp_path / "run" / "checkpoints" / "last")
@@ -121,12 +156,11 @@ def test_without_evaluation_best_is_the_last(tmp_path):
 
 def test_resume_mid_epoch_repeats_the_uninterrupted_run(tmp_path):
     mc = {"epoch_pass": True, "optimizer": "adam", "lr": 0.05}
-    full = fit(config(method_config=mc, epochs=3, log_every=2), tmp_path / "full", train_dataset=TRAIN)
-    fit(config(method_config=mc, epochs=3, log_every=2, max_steps=5), tmp_path / "split", train_dataset=TRAIN)
+    full = fit(config(method_config=mc, log_every=2), tmp_path / "full", train_dataset=TRAIN)
+    fit(config(method_config=mc, log_every=2, max_steps=5), tmp_path / "split", train_dataset=TRAIN)
     assert ck.open_checkpoint(tmp_path / "split" / "checkpoints" / "last").state["batch_in_epoch"] == 1
-    resumed = fit(config(method_config=mc, epochs=3, log_every=2), tmp_path / "split", resume=True,
-                  train_dataset=TRAIN)
-    assert resumed.step == full.step == 12
+    resumed = fit(config(method_config=mc, log_every=2), tmp_path / "split", resume=True, train_dataset=TRAIN)
+    assert resumed.step == full.step == 8
     assert_same_weights(tmp_path / "full" / "checkpoints" / "last", tmp_path / "split" / "checkpoints" / "last")
 
     def logged(run):

@@ -35,6 +35,7 @@ class ToyConfig(MethodConfig):
     augment: bool = True  # random flips drawn from the global torch RNG (resume must repeat them)
     optimizer: str = "sgd"  # sgd | adam
     nan_at_step: int | None = None  # the loss is NaN when ctx.step equals this (0-based step index)
+    poison_at_step: int | None = None  # on_step_end sets a weight to inf when ctx.step equals this
     step_sleep_s: float = 0.0  # slow steps down (the SIGKILL test needs time to kill mid-run)
     epoch_pass: bool = False  # on_epoch_start iterates ctx.train_loader, like PiCIE's k-means
 
@@ -118,6 +119,9 @@ class ToySeg(Method):
 
     def on_step_end(self, ctx: FitContext) -> None:
         self._record(f"on_step_end:{ctx.step}")
+        if ctx.step == self.config.poison_at_step:  # type: ignore[attr-defined]
+            with torch.no_grad():
+                self.heads["main"].bias[0] = float("inf")
 
     def on_epoch_end(self, ctx: FitContext) -> None:
         self._record(f"on_epoch_end:{ctx.epoch}")
