@@ -47,6 +47,13 @@ def test_paddings_match_spec_table(oid):
     assert shift_padding(oid, 3) == SPEC_PADS[oid]
 
 
+@pytest.mark.parametrize("mask_type", ["A", "B"])
+def test_every_tap_is_seen_under_at_least_6_of_8_raster_orderings(mask_type):
+    """SPEC A.4: no weight index goes untrained with the 8 raster orderings (so no tap is frozen by default)."""
+    seen = sum(conv_mask(o, 3, mask_type).astype(int) for o in RASTER_IDS)
+    assert seen.min() >= 6, seen
+
+
 def test_zigzag_paddings_shift_down_for_top_and_up_for_bottom_starts():
     assert [shift_padding(o, 3) for o in ZIGZAG_IDS] == [(1, 1, 2, 0)] * 4 + [(1, 1, 0, 2)] * 4
     assert shift_padding(0, 3) == (1, 1, 1, 1) and shift_padding(0, 5) == (2, 2, 2, 2)

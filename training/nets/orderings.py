@@ -31,6 +31,8 @@ Keep it iff the offset is a predecessor of the current cell; the centre (0, 0) i
   zigzag:    sy*dy + sx*dx < 0 (strictly earlier anti-diagonal; attention supplies the in-diagonal order),
 with sy = +1 for T->B (top starts) and sx = +1 for L->R (left starts).
 Id 0 means "no ordering": symmetric padding, full kernel (the paper's inference).
+The reimplementation (Max-Manning/autoregunsupseg) numbers them differently; its id -> ours (SPEC A.8):
+1->1, 2->5, 3->2, 4->7, 5->6, 6->3, 7->4, 8->8, and its masks are our type-B masks.
 """
 
 from __future__ import annotations
