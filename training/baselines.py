@@ -187,21 +187,27 @@ def _specs(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], di
         evaluation = spec_for_folder(args.eval_data)
     else:
         evaluation = {k: v for k, v in fit.items() if k not in ("split", "ids")}
-    fit = {"channels": args.channels, **with_split(fit, args.split_file, args.fit_split), "crop": None}
-    labelled: dict[str, Any] = {"channels": args.channels}  # what the labelled specs share
+    channels = channels_of(args, fit)
+    fit = {**with_split(fit, args.split_file, args.fit_split), "channels": channels, "crop": None}  # whole images
+    labelled: dict[str, Any] = {"channels": channels}  # what the labelled specs share
     if args.class_names:
         labelled["class_names"] = [s.strip() for s in args.class_names.split(",") if s.strip()]
-    evaluation = {**labelled, **with_split(evaluation, args.split_file, args.eval_split)}
+    evaluation = {**with_split(evaluation, args.split_file, args.eval_split), **labelled}
     calibration = None
     if args.calibration_spec:
-        calibration = {**labelled, **read_spec(args.calibration_spec)}
+        calibration = {**read_spec(args.calibration_spec), **labelled}
     elif args.calibration_split:
         calibration = with_split(evaluation, args.split_file, args.calibration_split)
     return fit, evaluation, calibration
 
 
-def method_config(args: argparse.Namespace) -> dict[str, Any]:
-    config: dict[str, Any] = {"n_clusters": args.k, "over_clusters": args.k_over, "channels": args.channels,
+def channels_of(args: argparse.Namespace, fit_spec: Mapping[str, Any]) -> int:
+    """``--channels``, else the fit spec's ``channels``, else 1 (grey)."""
+    return int(args.channels or fit_spec.get("channels") or 1)
+
+
+def method_config(args: argparse.Namespace, channels: int) -> dict[str, Any]:
+    config: dict[str, Any] = {"n_clusters": args.k, "over_clusters": args.k_over, "channels": channels,
                               "seed": args.seed}
     if args.pixels_per_image is not None:
         config["pixels_per_image"] = args.pixels_per_image or None
@@ -216,7 +222,8 @@ def method_config(args: argparse.Namespace) -> dict[str, Any]:
 # -- CLI -----------------------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kind", required=True, choices=["kmeans", "random-cnn"], help="which baseline")
-    parser.add_argument("--data", metavar="DIR", help="images to fit on (mask_folder root or image folder)")
+    parser.add_argument("--data", metavar="DIR",
+                        help="images to fit on, whole (mask_folder root: DIR/images [+ DIR/masks], or an image folder)")
     parser.add_argument("--data-spec", metavar="FILE", help="dataset spec (JSON/YAML) of the images to fit on")
     parser.add_argument("--eval-data", metavar="DIR", help="labelled images to score (default: --data)")
     parser.add_argument("--eval-spec", metavar="FILE", help="dataset spec (JSON/YAML) of the labelled images")
@@ -231,7 +238,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k", type=int, default=4, help="clusters of the main head (default 4)")
     parser.add_argument("--k-over", type=int, default=0, help="clusters of an over-clustering head (0 = none)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the net init, pixel sample and k-means")
-    parser.add_argument("--channels", type=int, default=1, choices=[1, 3], help="grey (1) or RGB (3) input")
+    parser.add_argument("--channels", type=int, choices=[1, 3],
+                        help="grey (1) or RGB (3) input (default: the spec's channels, else 1)")
     parser.add_argument("--features", choices=["pixel", "patch", "local_stats"], help="kmeans features")
     parser.add_argument("--pixels-per-image", type=int, help="pixels each image gives k-means (0 = all)")
     parser.add_argument("--fit-images", type=int, help="fit on a seeded random subset of this many images")
@@ -254,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
         raise DataError(f"the evaluation images ({eval_set!r}) have no labels: give --eval-data with masks")
     calib_set = build_dataset(calib_spec, train=False) if calib_spec is not None else None
     class_names = eval_set.class_names
-    method = build_method(KINDS[args.kind], method_config(args))
+    method = build_method(KINDS[args.kind], method_config(args, fit_spec["channels"]))
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           "cpu" if args.device == "auto" else args.device)
     loader = dict(batch_size=args.batch_size, num_workers=args.workers)

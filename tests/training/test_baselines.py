@@ -230,6 +230,22 @@ def test_cli_kmeans_on_the_sample_writes_json(sample_dir, tmp_path, capsys):
     assert "mapping on same_images" in capsys.readouterr().out
 
 
+def test_cli_dataset_specs_and_their_channels(sample_dir, tmp_path):
+    fit_spec = tmp_path / "fit.yaml"
+    fit_spec.write_text(f"kind: mask_folder\nroot: {sample_dir}\nsplit: train\nmasks_dir: null\nchannels: 3\n")
+    eval_spec = tmp_path / "eval.json"
+    eval_spec.write_text(json.dumps({"kind": "mask_folder", "root": str(sample_dir), "split": "holdout"}))
+    out = tmp_path / "rgb.json"
+    rc = training_main(["baseline", "--kind", "kmeans", "--data-spec", str(fit_spec), "--eval-spec", str(eval_spec),
+                        "--k", "3", "--out", str(out)])
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert report["config"]["channels"] == 3 and report["eval"]["spec"]["channels"] == 3
+    assert report["fit"]["images"] == 32 and report["eval"]["images"] == 8
+    assert report["fit"]["spec"]["crop"] is None  # fitted on whole images
+    assert report["heads"]["main"]["k"] == 3 and len(report["heads"]["main"]["same_images"]["per_class"]) == 4
+
+
 def test_cli_random_cnn_on_the_sample(sample_dir, tmp_path):
     out = tmp_path / "cnn.json"
     rc = training_main(["baseline", "--kind", "random-cnn", "--data", str(sample_dir), "--fit-split", "train",
