@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import torch
 import yaml
 
@@ -41,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from export.onnx_export import PROBS_NAME  # noqa: E402
 from export.pipeline import SAMPLE_DIR, ExportOptions, export_checkpoint, export_method  # noqa: E402
 from export.quantize import Int8Options, quantize_int8  # noqa: E402
-from export.verify import Thresholds, fit_frame, load_frames, verify_model  # noqa: E402
+from export.verify import Thresholds, fit_frame, load_frames, verify_model, with_probs_output  # noqa: E402
 from usseg_sdk.config import SegmenterConfig, parse_size  # noqa: E402
 from usseg_sdk.segmenter import Segmenter  # noqa: E402
 
@@ -148,10 +147,7 @@ def accuracy_table(fp32: Path, variants: dict[str, Path], args: argparse.Namespa
     """Each int8 variant against the float32 ONNX model (the reference) on the labelled frames."""
     import onnxruntime as ort
 
-    probe = folder / "fp32_probe.onnx"
-    model = onnx.load(str(fp32))
-    model.graph.output.append(onnx.helper.make_tensor_value_info(PROBS_NAME, onnx.TensorProto.FLOAT, None))
-    onnx.save(model, str(probe))
+    probe = with_probs_output(fp32, folder)  # usseg_probs as an extra output (a Softmax added where left out)
     session = ort.InferenceSession(str(probe), providers=["CPUExecutionProvider"])
 
     def reference(x: torch.Tensor) -> torch.Tensor:

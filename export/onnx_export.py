@@ -12,6 +12,13 @@ Two steps:
    ``Einsum("ck,bkhw->bchw")`` of the float32 initializer ``usseg_class_from_cluster`` (one-hot columns) with
    the probabilities -> ``scores`` (float32).
 
+   When the probabilities are a ``Softmax`` over the cluster axis (PiCIE, AC, InfoSeg: softmax after the
+   upsampling), the ArgMax reads the Softmax's input, the logits (the softmax is monotonic, so the argmax is the
+   same up to ties the float rounding of the softmax would create), and without ``scores`` the Softmax is left
+   out: onnxruntime runs every node of a graph whether an output needs it or not, and this per-pixel softmax
+   over K clusters at full resolution cost about a fifth of PiCIE's run at 256x1600. ``usseg_probs`` is then
+   absent; :func:`export.verify.with_probs_output` adds the Softmax back for the numeric checks.
+
 :func:`check_contract` re-reads a model and checks all of it (input, outputs, initializers, metadata); export
 runs it after every rewrite (calibration, fp16, int8).
 """
@@ -153,8 +160,10 @@ def append_contract_tail(model: onnx.ModelProto, cluster_to_class: list[int], n_
         raise ExportError("cluster_to_class is empty")
     mapping = np.asarray(cluster_to_class, np.int64)  # (K,)
     g.initializer.append(numpy_helper.from_array(mapping, MAPPING_INITIALIZER))
+    logits = softmax_logits(model)
     g.node.extend([
-        helper.make_node("ArgMax", [PROBS_NAME], [ARGMAX_NAME], name=TAIL_PREFIX + "argmax", axis=1, keepdims=0),
+        helper.make_node("ArgMax", [logits or PROBS_NAME], [ARGMAX_NAME], name=TAIL_PREFIX + "argmax", axis=1,
+                         keepdims=0),
         helper.make_node("Cast", [ARGMAX_NAME], ["clusters"], name=TAIL_PREFIX + "clusters", to=TensorProto.UINT8),
         helper.make_node("Gather", [MAPPING_INITIALIZER, ARGMAX_NAME], ["usseg_label_index"],
                          name=TAIL_PREFIX + "gather", axis=0),
@@ -169,10 +178,23 @@ def append_contract_tail(model: onnx.ModelProto, cluster_to_class: list[int], n_
                                        name=TAIL_PREFIX + "scores", equation="ck,bkhw->bchw"))
         outputs.append(helper.make_tensor_value_info("scores", TensorProto.FLOAT, [batch, n_classes, height, width]))
     probs_info = next(o for o in g.output if o.name == PROBS_NAME)
-    g.value_info.append(probs_info)
+    if logits is not None and not scores:
+        softmax = next(n for n in g.node if PROBS_NAME in n.output)
+        g.node.remove(softmax)  # nothing reads the probabilities (see the module docstring)
+    else:
+        g.value_info.append(probs_info)
     del g.output[:]
     g.output.extend(outputs)
     return model
+
+
+def softmax_logits(model: onnx.ModelProto) -> str | None:
+    """The input of the Softmax producing ``usseg_probs`` when it runs over the cluster axis 1, else None."""
+    producer = next((n for n in model.graph.node if PROBS_NAME in n.output), None)
+    if producer is None or producer.op_type != "Softmax" or producer.domain not in ("", "ai.onnx"):
+        return None
+    axis = next((a.i for a in producer.attribute if a.name == "axis"), -1)  # (B, K, H, W): axis 1 or -3
+    return producer.input[0] if axis in (1, -3) else None
 
 
 def one_hot(mapping: np.ndarray, n_classes: int) -> np.ndarray:

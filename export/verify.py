@@ -37,7 +37,7 @@ import torch
 from onnx import helper
 
 from export.errors import ExportError, VerificationError
-from export.onnx_export import PROBS_NAME
+from export.onnx_export import PROBS_NAME, TAIL_PREFIX
 from usseg_sdk.config import SegmenterConfig
 from usseg_sdk.meta import ModelMeta
 from usseg_sdk.metrics import ConfusionMatrix, apply_mapping, hungarian_match, many_to_one_match, segmentation_scores
@@ -136,7 +136,7 @@ def verify_model(model_path: Path, reference: Reference, frames: list[LabelledFr
     static_hw = _static_hw(seg)
     frames = [fit_frame(f, static_hw) for f in frames]
     with tempfile.TemporaryDirectory(prefix="usseg-verify-") as tmp:
-        probe = Segmenter(_with_probs_output(model_path, Path(tmp)), config=config)
+        probe = Segmenter(with_probs_output(model_path, Path(tmp)), config=config)
         tally, ref_cm, model_cm = _run_frames(seg, probe, reference, frames, meta, n_gt_classes)
         if static_hw is None:
             _check_dynamic(seg, probe, reference, frames, meta, tally)
@@ -156,11 +156,18 @@ def _static_hw(seg: Segmenter) -> tuple[int, int] | None:
     return (shape[2], shape[3])
 
 
-def _with_probs_output(model_path: Path, folder: Path) -> Path:
-    """A copy of the model whose internal probabilities are an extra output (for the numeric comparison)."""
+def with_probs_output(model_path: Path, folder: Path) -> Path:
+    """A copy of the model whose internal probabilities are an extra output (for the numeric comparison).
+
+    A graph without ``scores`` whose probabilities are a softmax of logits has no softmax (the ArgMax reads the
+    logits, see :mod:`export.onnx_export`): the probe gets a Softmax over clusters of the ArgMax's input."""
     model = onnx.load(str(model_path))
     if not any(PROBS_NAME in n.output for n in model.graph.node):
-        raise ExportError(f"{model_path} has no internal tensor {PROBS_NAME!r}: not a graph from this exporter")
+        argmax = next((n for n in model.graph.node if n.name == TAIL_PREFIX + "argmax"), None)
+        if argmax is None or argmax.input[0] == PROBS_NAME:
+            raise ExportError(f"{model_path} has no internal tensor {PROBS_NAME!r}: not a graph from this exporter")
+        model.graph.node.append(helper.make_node("Softmax", [argmax.input[0]], [PROBS_NAME],
+                                                 name=TAIL_PREFIX + "probe_softmax", axis=1))
     model.graph.output.append(helper.make_tensor_value_info(PROBS_NAME, onnx.TensorProto.UNDEFINED, None))
     _fix_probs_type(model)
     path = folder / "probe.onnx"
