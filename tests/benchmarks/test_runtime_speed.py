@@ -1,0 +1,66 @@
+"""benchmarks/runtime_speed.py: the interleaving, and a --quick run on tiny nets and sizes (the JSON schema)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def runtime_speed():
+    spec = importlib.util.spec_from_file_location("runtime_speed", ROOT / "benchmarks" / "runtime_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["runtime_speed"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_interleaved_rotates_the_order_and_times_every_call(runtime_speed):
+    calls: list[str] = []
+    contenders = {name: (lambda n=name: calls.append(n)) for name in ("a", "b", "c")}
+    times = runtime_speed.interleaved(contenders, warmup=2, runs=4)
+    assert calls[:6] == ["a", "a", "b", "b", "c", "c"]  # warm-up, untimed
+    assert calls[6:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b", "a", "b", "c"]
+    assert {k: len(v) for k, v in times.items()} == {"a": 4, "b": 4, "c": 4}
+    assert all(t >= 0 for v in times.values() for t in v)
+
+
+def test_targets_judge_overhead_only_at_the_line_size(runtime_speed):
+    rows = [{"model": "m", "precision": "fp32", "size": [256, 1600], "overhead_pct": 6.0, "speedup_ort_vs_torch": 2.5},
+            {"model": "m", "precision": "fp32", "size": [200, 200], "overhead_pct": 1.0, "speedup_ort_vs_torch": 1.5}]
+    t = runtime_speed.targets(rows)
+    assert [(i["row"], i["met"]) for i in t["overhead"]] == [("m fp32 256x1600", False)]
+    assert [i["met"] for i in t["speedup"]] == [True, False]
+
+
+def test_quick_run_writes_the_report(runtime_speed, tmp_path):
+    out = tmp_path / "results"
+    code = runtime_speed.main(["--quick", "--sizes", "64x64", "--runs", "2", "--warmup", "0", "--threads", "1",
+                               "--memory-size", "64x64", "--memory-runs", "2", "4", "--gap-ms", "0",
+                               "--write", "--out", str(out)])
+    assert code == 0
+    result = json.loads((out / "runtime_speed.json").read_text())
+    assert set(result) == {"settings", "machine", "load_start", "load_end", "models", "rows", "memory", "targets"}
+    assert [m["name"] for m in result["models"]] == ["picie", "iic"]
+    assert [(r["model"], r["precision"]) for r in result["rows"]] == [
+        ("picie", "fp32"), ("picie", "int8"), ("iic", "fp32"), ("iic", "int8")]
+    for row in result["rows"]:
+        assert row["size"] == [64, 64] and row["graph_size"] == [1, 3 if row["model"] == "picie" else 1, 64, 64]
+        for timing in ("sdk", "bare_ort", "torch"):
+            assert row[timing]["runs"] == 2 and 0 < row[timing]["p50_ms"] <= row[timing]["p99_ms"]
+        assert math.isclose(row["speedup_ort_vs_torch"], row["torch"]["p50_ms"] / row["bare_ort"]["p50_ms"])
+        assert row["gflop"] > 0 and row["gflops"] > 0 and row["matmul_gflops"] > 0
+        assert row["ort_session"]["intra_op_threads"] == 1
+    memory = result["memory"]
+    assert memory["model"] == "picie" and memory["torch_imported"] is False and memory["checkpoints"] == [2, 4]
+    assert set(memory["rss_mb"]) == {"loaded", "1", "2", "4"} and isinstance(memory["grows"], bool)
+    assert len(result["load_start"]) == 3 and result["machine"]["threads"] == 1
+    text = (out / "runtime_speed.md").read_text()
+    assert "| fp32 | 64x64 | 64x64 |" in text and "## Resident memory" in text and "## Targets" in text
