@@ -71,6 +71,7 @@ QUICK_CONFIGS: dict[str, dict[str, Any]] = {
 }
 TARGET_OVERHEAD_PCT = 5.0
 TARGET_SPEEDUP = 2.0
+LOAD_LIMIT_PER_CORE = 0.75  # a 1-minute load average above this per core marks the run as measured under load
 MEMORY_GROWTH_TOLERANCE_MB = 8.0  # allocator noise; a leak of one frame-sized array per call is far above it
 
 
@@ -366,16 +367,7 @@ def machine(threads: int) -> dict[str, Any]:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    m, s = result["machine"], result["settings"]
-    lines = ["# Runtime speed on the CPU: usseg SDK vs bare onnxruntime vs torch eager", "",
-             f"CPU: {m['cpu']}, {m['physical_cores']} cores ({m['cores']} logical), AVX-512 {m['avx512']}, VNNI "
-             f"{m['vnni']}, AMX {m['amx']}. onnxruntime {m['onnxruntime']}, torch {m['torch']}, {s['threads']} "
-             f"threads each. Load average (1/5/15 min) at start {_load(result['load_start'])}, at end "
-             f"{_load(result['load_end'])}. Median (p50) of {s['runs']} interleaved runs after {s['warmup']} warm-up; "
-             f"graphs {'dynamic' if s['dynamic'] else 'static per size'}; batch 1.", "",
-             "Overhead = (SDK - bare) / bare. ort/torch = torch eager median / bare onnxruntime median (torch: the "
-             "un-folded inference net, fp32). GFLOP/s = the net's conv/matmul FLOPs (torch FlopCounterMode) / bare "
-             "median (int8: float-equivalent rate); matmul = float32 torch.mm measured in the same run.", ""]
+    lines = _header_md(result)
     for model in result["models"]:
         lines += [f"## {model['name']} ({model['parameters'] / 1e6:.2f} M parameters, K = {model['clusters']}, "
                   f"{model['input']})", "", f"Source: {model['source']}.", "",
@@ -386,6 +378,25 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append("")
     lines += _memory_md(result.get("memory")) + _targets_md(result["targets"])
     return "\n".join(lines) + "\n"
+
+
+def _header_md(result: dict[str, Any]) -> list[str]:
+    m, s = result["machine"], result["settings"]
+    lines = ["# Runtime speed on the CPU: usseg SDK vs bare onnxruntime vs torch eager", "",
+             f"CPU: {m['cpu']}, {m['physical_cores']} cores ({m['cores']} logical), AVX-512 {m['avx512']}, VNNI "
+             f"{m['vnni']}, AMX {m['amx']}. onnxruntime {m['onnxruntime']}, torch {m['torch']}, {s['threads']} "
+             f"threads each. Load average (1/5/15 min) at start {_load(result['load_start'])}, at end "
+             f"{_load(result['load_end'])}. Median (p50) of {s['runs']} interleaved runs after {s['warmup']} warm-up, "
+             f"{s['gap_ms']:g} ms pause before each; graphs {'dynamic' if s['dynamic'] else 'static per size'}; "
+             "batch 1.", ""]
+    if result["loaded"]:
+        lines += [f"**Measured under load** (1-minute load average above {LOAD_LIMIT_PER_CORE} per core at the start "
+                  "or end): other processes shared the cores; these numbers are not representative.", ""]
+    lines += ["Overhead = (SDK - bare) / bare. ort/torch = torch eager median / bare onnxruntime median (torch: the "
+              "un-folded inference net, fp32, /255 to argmax). GFLOP/s = the net's conv/matmul FLOPs (torch "
+              "FlopCounterMode) / median (int8: float-equivalent rate); matmul = float32 torch.mm of "
+              f"{s['matmul_size']}^3 measured in the same run before each model x size.", ""]
+    return lines
 
 
 def _row_md(r: dict[str, Any]) -> str:
@@ -482,8 +493,10 @@ def main(argv: list[str] | None = None) -> int:
                 if not memory_export.exists():
                     memory_export = export_model(model, "fp32", graph_size(model, args.memory_size), args, Path(tmp))
                 memory = {**memory_check(memory_export, model, args), "checkpoints": list(args.memory_runs)}
+    load_end = list(os.getloadavg())
     result = {"settings": {k: _jsonable(v) for k, v in vars(args).items() if k != "memory_worker"},
-              "machine": machine(args.threads), "load_start": load_start, "load_end": list(os.getloadavg()),
+              "machine": machine(args.threads), "load_start": load_start, "load_end": load_end,
+              "loaded": max(load_start[0], load_end[0]) > LOAD_LIMIT_PER_CORE * _physical_cores(),
               "models": [describe(m) for m in models], "rows": rows, "memory": memory, "targets": targets(rows)}
     text = markdown(result)
     if args.write:

@@ -47,7 +47,9 @@ def test_quick_run_writes_the_report(runtime_speed, tmp_path):
                                "--write", "--out", str(out)])
     assert code == 0
     result = json.loads((out / "runtime_speed.json").read_text())
-    assert set(result) == {"settings", "machine", "load_start", "load_end", "models", "rows", "memory", "targets"}
+    assert set(result) == {"settings", "machine", "load_start", "load_end", "loaded", "models", "rows", "memory",
+                           "targets"}
+    assert isinstance(result["loaded"], bool)
     assert [m["name"] for m in result["models"]] == ["picie", "iic"]
     assert [(r["model"], r["precision"]) for r in result["rows"]] == [
         ("picie", "fp32"), ("picie", "int8"), ("iic", "fp32"), ("iic", "int8")]
