@@ -33,6 +33,7 @@ import torch
 from export import float16, onnx_export
 from export.calibrate import CalibrationOptions, CalibrationResult, calibrate, set_mapping
 from export.channel_softmax import decompose_channel_softmax
+from export.einsum_conv import einsum_to_conv
 from export.errors import ExportError, VerificationError
 from export.graph import InferenceGraph, build_inference_graph
 from export.quantize import Int8Options, Int8Result, quantize_int8
@@ -236,6 +237,8 @@ def _convert_precision(model: onnx.ModelProto, meta: ModelMeta, fp32_path: Path,
     meta = meta.model_copy(update={"precision": o.precision})
     details: dict[str, Any] = {"precision": o.precision}
     if o.precision == "fp32":
+        model = onnx.ModelProto.FromString(model.SerializeToString())  # the caller's graph stays as it was
+        details["einsum_convs"] = einsum_to_conv(model)  # PiCIE's classifier as a 1x1 Conv (export/einsum_conv.py)
         _write(model, meta, final)
     elif o.precision == "fp16":
         converted = float16.convert_to_float16(model)
@@ -245,6 +248,7 @@ def _convert_precision(model: onnx.ModelProto, meta: ModelMeta, fp32_path: Path,
         int8 = _quantize(fp32_path, staging / "model.int8.onnx", meta, o)
         quantized = onnx.load(str(int8.path))
         int8.path.unlink()
+        details["einsum_convs"] = einsum_to_conv(quantized)  # after quantization: its float region is unchanged
         _write(quantized, meta, final)
         details["int8"] = {"float_nodes": int8.float_nodes, "quantized_layers": int8.quantized_nodes,
                            "calibration_frames": int8.n_calibration, "options": _plain(o.int8)}
