@@ -27,6 +27,12 @@ IIC Net10a at width 1 (4.5 M parameters), grey + Sobel input normalised as for N
 no verification: random weights have no accuracy to verify), a static graph per frame size (the frame size
 rounded up to the stride; what a line with a fixed camera deploys), or one ``--dynamic`` graph per precision.
 
+What this benchmark found and the product now does (see its report): onnxruntime's CPU Softmax over the cluster
+axis took 68 % of PiCIE's run at 256x1600, so export decomposes channel softmaxes (``export/channel_softmax.py``),
+lets the ArgMax read the logits and leaves the final Softmax out of graphs without scores; PiCIE's classifier
+Einsum becomes a 1x1 Conv (``export/einsum_conv.py``); CPU sessions run without onnxruntime's QDQ propagation
+(``usseg_sdk/backends/ort.py``). torch runs the net as written (softmax, then argmax).
+
     .venv/bin/python benchmarks/runtime_speed.py --quick                                   # smoke run, ~1 min
     .venv/bin/python benchmarks/runtime_speed.py --sizes 256x1600 200x200 --runs 20 --write  # quiet machine only
 """
@@ -146,7 +152,7 @@ def build_models(args: argparse.Namespace) -> list[Model]:
         method, _ = load_method(path, device="cpu")
         runs[method.name] = Model(method.name, method.eval(), f"trained run {path}")
     models = []
-    for name in args.models:
+    for name in [*args.models, *(m for m in runs if m not in args.models)]:
         if name in runs:
             models.append(runs[name])
             continue
@@ -300,7 +306,8 @@ def _session_settings(seg: Segmenter) -> dict[str, Any]:
     return {"intra_op_threads": options.intra_op_num_threads, "inter_op_threads": options.inter_op_num_threads,
             "graph_optimization_level": str(options.graph_optimization_level).rsplit(".", 1)[-1],
             "execution_mode": str(options.execution_mode).rsplit(".", 1)[-1],
-            "providers": seg.backend.session.get_providers()}
+            "providers": seg.backend.session.get_providers(),
+            "disabled_optimizers": seg.backend.describe().get("disabled_optimizers", [])}
 
 
 def _row_line(r: dict[str, Any]) -> str:
@@ -319,7 +326,7 @@ def memory_check(export_dir: Path, model: Model, args: argparse.Namespace) -> di
         frame_path = Path(tmp) / "frame.npy"
         np.save(frame_path, frame)
         command = [sys.executable, __file__, "--memory-worker", str(export_dir), "--memory-runs", str(first),
-                   str(last), "--threads", str(args.threads), "--sizes", f"{frame.shape[0]}x{frame.shape[1]}"]
+                   str(last), "--threads", str(args.threads)]
         env = {**os.environ, "USSEG_RSS_FRAME": str(frame_path)}
         done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
@@ -395,7 +402,11 @@ def _header_md(result: dict[str, Any]) -> list[str]:
     lines += ["Overhead = (SDK - bare) / bare. ort/torch = torch eager median / bare onnxruntime median (torch: the "
               "un-folded inference net, fp32, /255 to argmax). GFLOP/s = the net's conv/matmul FLOPs (torch "
               "FlopCounterMode) / median (int8: float-equivalent rate); matmul = float32 torch.mm of "
-              f"{s['matmul_size']}^3 measured in the same run before each model x size.", ""]
+              f"{s['matmul_size']}^3 measured in the same run before each model x size.", "",
+              "The exported graphs skip what labels do not need (no final softmax where the ArgMax can read the "
+              "logits) and PiCIE's classifier runs as a 1x1 Conv; torch runs the net as written (softmax, then "
+              "argmax). onnxruntime: the SDK's session options (graph optimisation ALL, QDQ propagation off on the "
+              "CPU).", ""]
     return lines
 
 
