@@ -41,7 +41,8 @@ class HoldoutResult:
     predictions: list[Segmentation]
     scores: SegmentationScores
     all_background: SegmentationScores  # the reference that predicts background everywhere (finds no defect)
-    per_frame: dict[str, dict[str, Any]]  # id -> {"pixel_accuracy", "defect_iou", "defects", ...}
+    # id -> {"pixel_accuracy", "miou", "defect_iou", "defects": regions found, "true_defects": {class: IoU}}
+    per_frame: dict[str, dict[str, Any]]
     predict_s: float  # seconds in Segmenter.predict over the frames
 
 
@@ -64,8 +65,10 @@ def predict_holdout(model_dir: Path, sample: Sample) -> HoldoutResult:
         frame_cm = ConfusionMatrix(n, n).update(pred.labels, mask)
         total.merge(frame_cm)
         s = segmentation_scores(frame_cm.matrix, sample.class_names)
+        present = [c for c in range(1, n) if (mask == c).any()]  # the frame's true defect classes
         per_frame[ident] = {"pixel_accuracy": _num(s.pixel_accuracy), "miou": _num(s.miou),
-                            "defect_iou": _num(s.defect_iou), "defects": len(pred.defects(min_area=MIN_AREA))}
+                            "defect_iou": _num(s.defect_iou), "defects": len(pred.defects(min_area=MIN_AREA)),
+                            "true_defects": {sample.class_names[c]: _num(s.iou[c]) for c in present}}
     scores = segmentation_scores(total.matrix, sample.class_names)
     nothing = np.zeros_like(total.matrix)
     nothing[0] = total.matrix.sum(axis=0)  # every pixel predicted background

@@ -65,7 +65,8 @@ def run_demo(settings: DemoSettings, *, progress: bool = True) -> dict[str, Any]
     holdout = predict_holdout(out / "model", sample)
     baseline = kmeans_baseline(sample, seed=settings.seed)["heads"]["main"]["calibration"]
     write_holdout(holdout, out, {"method": settings.method, "head": settings.head, "baseline_kmeans": baseline})
-    captions = {i: f"defect IoU {_pct(s['defect_iou'])}" for i, s in holdout.per_frame.items()}
+    captions = {i: ", ".join(f"{name} IoU {_pct(iou)}" for name, iou in s["true_defects"].items())
+                for i, s in holdout.per_frame.items()}
     write_panels(out / "overlays", holdout.ids, holdout.frames, holdout.masks, holdout.predictions,
                  f"prediction ({settings.method})", captions)
     report = build_report(settings, sample, config, trained, exported, export_s, holdout, baseline, calibration)
