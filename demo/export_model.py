@@ -30,6 +30,7 @@ def export_run(run_dir: Path, out: Path, head: str, calibration: Path) -> Export
 
 def export_command(run_dir: Path, out: Path, head: str, calibration: Path) -> str:
     """The equivalent command line, for the summary."""
-    parts = ["python", "-m", "export", str(run_dir), "--out", str(out), "--dynamic", "--head", head,
-             "--calibrate", str(calibration / "images"), str(calibration / "masks")]
+    parts = ["python", "-m", "export", str(run_dir), "--out", str(out), "--dynamic"]
+    parts += ["--head", head] if head != "main" else []
+    parts += ["--calibrate", str(calibration / "images"), str(calibration / "masks")]
     return shlex.join(parts)

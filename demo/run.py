@@ -114,15 +114,16 @@ def build_report(settings: DemoSettings, sample: Sample, config: dict[str, Any],
     }
 
 
-def next_commands(settings: DemoSettings, calibration: Path) -> list[str]:
+def next_commands(settings: DemoSettings, calibration: Path) -> list[tuple[str, str]]:
+    """(command, what it does) pairs for the summary."""
     out = settings.out
     return [
-        f"usseg predict samples/neu-seg/images --model {_show(out / 'model')} --out {_show(out / 'all_frames')}"
-        "   # every sample frame: overlays + label maps",
-        f"python -m training fit --preset {settings.preset} --data YOUR_IMAGE_FOLDER --set train.time_budget_s=1800"
-        "   # your own unlabelled frames",
-        export_command(_show(out / "run"), _show(out / "model"), settings.head, Path(_show(calibration)))
-        + "   # re-export (your run dir, your labelled frames)",
+        (f"usseg predict samples/neu-seg/images --model {_show(out / 'model')} --out {_show(out / 'all_frames')}",
+         "segment every sample frame with the exported model (overlays, label maps, RLE)"),
+        (f"python -m training fit --preset {settings.preset} --data IMAGES --set data.eval=null "
+         "--set train.time_budget_s=1800 --out runs/mine", "train on your own unlabelled frames (IMAGES: a folder)"),
+        (export_command(Path("runs/mine"), Path("runs/mine/export"), settings.head, Path("LABELLED")),
+         f"export it, naming the clusters from a few labelled frames (layout as {_show(calibration)})"),
     ]
 
 

@@ -11,7 +11,7 @@
 
 Switching a method to a better preset is one line in ``METHODS``.
 
-One torch thread by default: the result then repeats bit for bit on any CPU (given the same number of steps), and
+One torch thread by default: a run then repeats bit for bit on a machine (given the same number of steps), and
 on a shared machine two threads are several times slower than one, not faster (their synchronisation stalls when
 other processes hold the cores). ``DEMO_STEPS`` is sized so that one idle core finishes in about
 ``DEMO_BUDGET_S``; on a busy machine the budget stops the run first, with fewer steps (the summary says which).
