@@ -24,6 +24,7 @@ import logging
 import shutil
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ from demo.panels import write_panels
 from demo.sample import Sample
 from demo.settings import ROOT, SAMPLE_DIR, DemoError, DemoSettings
 from demo.summary import render_summary
-from demo.training_run import TrainingOutcome, demo_config, train
+from demo.training_run import TrainingOutcome, check_head, demo_config, train
 from usseg_sdk.atomic import write_text_atomic
 
 log = logging.getLogger("demo")
@@ -56,6 +57,7 @@ def run_demo(settings: DemoSettings, *, progress: bool = True) -> dict[str, Any]
     _stage(f"training {settings.method} (preset {settings.preset}) on {len(sample.splits['train'])} unlabelled "
            f"frames, at most {settings.budget_s:.0f} s" + (f" / {settings.steps} steps" if settings.steps else ""))
     config = demo_config(settings, sample)
+    check_head(config, settings.head)
     trained = train(config, out / "run", threads=settings.threads, progress=progress)
     _stage(f"exporting to ONNX, calibrating on {len(sample.splits['calibration'])} labelled frames, verifying")
     start = time.monotonic()
@@ -164,6 +166,13 @@ def main() -> int:
         return 1
     except (DemoError, TrainingError, ExportError, UssegError, OSError) as e:
         print(f"demo FAILED: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("demo interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # a bug: show where, keep the documented exit status
+        traceback.print_exc()
+        print("demo FAILED with an unexpected error (traceback above)", file=sys.stderr)
         return 2
     print(render_summary(report))
     print(f"demo done in {time.monotonic() - start:.0f} s (repository: {ROOT})")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from demo.sample import Sample
-from demo.settings import DemoSettings
+from demo.settings import DemoError, DemoSettings
 from training.config import apply_overrides, load_preset, resolve_config
 
 # Dataset keys every kind takes (training/data/image_dataset.py); the preset's values of these are kept.
@@ -45,6 +45,15 @@ def demo_config(settings: DemoSettings, sample: Sample, device: str = "cpu") -> 
                  f"train.epochs={UNBOUNDED_EPOCHS}", f"train.seed={settings.seed}", f"train.device={device}",
                  "train.num_workers=0"]  # 4 small images a batch: worker processes would cost more than they save
     return resolve_config(apply_overrides(raw, overrides))
+
+
+def check_head(config: dict[str, Any], head: str) -> None:
+    """Fail before training, not after it, when the method has no such head (e.g. ``over`` for InfoSeg)."""
+    from training.methods.base import build_method
+
+    heads = build_method(config["method"], config["method_config"]).eval_heads()
+    if head not in heads:
+        raise DemoError(f"DEMO_HEAD={head}: {config['method']} has the head(s) {', '.join(heads)}")
 
 
 def train(config: dict[str, Any], run_dir: Path, *, threads: int = 1, progress: bool = True) -> TrainingOutcome:

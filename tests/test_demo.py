@@ -140,12 +140,15 @@ def test_settings_from_the_environment(tmp_path):
     assert replace(s, seed=3).seed == 3
 
 
-def test_bad_settings_exit_2_with_a_clear_message(tmp_path):
-    env = {"PATH": "/usr/bin:/bin", "DEMO_METHOD": "nope", "DEMO_OUT": str(tmp_path)}
-    done = subprocess.run([sys.executable, str(ROOT / "demo" / "run.py")], env=env, capture_output=True, text=True,
-                          timeout=120)
+@pytest.mark.parametrize(("env", "needle"), [({"DEMO_METHOD": "nope"}, "DEMO_METHOD='nope'"),
+                                           ({"DEMO_PRESET": "no_such_preset"}, "no_such_preset"),
+                                           ({"DEMO_METHOD": "infoseg", "DEMO_HEAD": "over"}, "has the head(s) main")])
+def test_bad_settings_exit_2_with_a_clear_message(tmp_path, env, needle):
+    done = subprocess.run([sys.executable, str(ROOT / "demo" / "run.py")], capture_output=True, text=True,
+                          env={"PATH": "/usr/bin:/bin", "DEMO_OUT": str(tmp_path), **env}, timeout=120)
     assert done.returncode == 2
-    assert "DEMO_METHOD='nope'" in done.stderr and "Traceback" not in done.stderr
+    assert needle in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "run").exists()  # nothing trained
 
 
 @pytest.mark.slow
