@@ -59,21 +59,29 @@ def predict_holdout(model_dir: Path, sample: Sample) -> HoldoutResult:
         start = time.perf_counter()
         predictions = [seg.predict(f) for f in frames]
         predict_s = time.perf_counter() - start
+    total, per_frame = _score_frames(ids, predictions, masks, sample.class_names)
+    scores = segmentation_scores(total, sample.class_names)
+    nothing = np.zeros_like(total)
+    nothing[0] = total.sum(axis=0)  # every pixel predicted background
+    return HoldoutResult(ids, frames, masks, predictions, scores, segmentation_scores(nothing, sample.class_names),
+                         per_frame, predict_s)
+
+
+def _score_frames(ids: list[str], predictions: list[Segmentation], masks: list[np.ndarray], names: list[str]
+                  ) -> tuple[np.ndarray, dict[str, dict[str, Any]]]:
+    """The class confusion [pred, gt] of all frames, and each frame's scores."""
+    n = len(names)
     total = ConfusionMatrix(n, n)
     per_frame = {}
     for ident, pred, mask in zip(ids, predictions, masks, strict=True):
         frame_cm = ConfusionMatrix(n, n).update(pred.labels, mask)
         total.merge(frame_cm)
-        s = segmentation_scores(frame_cm.matrix, sample.class_names)
+        s = segmentation_scores(frame_cm.matrix, names)
         present = [c for c in range(1, n) if (mask == c).any()]  # the frame's true defect classes
         per_frame[ident] = {"pixel_accuracy": _num(s.pixel_accuracy), "miou": _num(s.miou),
                             "defect_iou": _num(s.defect_iou), "defects": len(pred.defects(min_area=MIN_AREA)),
-                            "true_defects": {sample.class_names[c]: _num(s.iou[c]) for c in present}}
-    scores = segmentation_scores(total.matrix, sample.class_names)
-    nothing = np.zeros_like(total.matrix)
-    nothing[0] = total.matrix.sum(axis=0)  # every pixel predicted background
-    return HoldoutResult(ids, frames, masks, predictions, scores, segmentation_scores(nothing, sample.class_names),
-                         per_frame, predict_s)
+                            "true_defects": {names[c]: _num(s.iou[c]) for c in present}}
+    return total.matrix.copy(), per_frame
 
 
 def write_holdout(result: HoldoutResult, out: Path, extra_metrics: dict[str, Any]) -> dict[str, Path]:

@@ -41,8 +41,6 @@ from demo.summary import render_summary
 from demo.training_run import TrainingOutcome, check_head, demo_config, train
 from usseg_sdk.atomic import write_text_atomic
 
-log = logging.getLogger("demo")
-
 # What the demo writes into DEMO_OUT, and removes from it before a new run (nothing else there is touched).
 OUTPUTS = ("run", "model", "calibration", "overlays", "predictions", "predictions.csv", "defects.jsonl",
            "metrics.json", "report.json", "summary.txt")

@@ -43,7 +43,7 @@ def demo_config(settings: DemoSettings, sample: Sample, device: str = "cpu") -> 
     raw["data"] = {"train": train_spec, "eval": None}
     overrides = [f"train.time_budget_s={settings.budget_s}", f"train.max_steps={settings.steps or 'null'}",
                  f"train.epochs={UNBOUNDED_EPOCHS}", f"train.seed={settings.seed}", f"train.device={device}",
-                 "train.num_workers=0"]  # 4 small images a batch: worker processes would cost more than they save
+                 "train.num_workers=0"]  # 4-step epochs: DataLoader workers forked per epoch cost more than they save
     return resolve_config(apply_overrides(raw, overrides))
 
 
