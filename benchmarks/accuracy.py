@@ -103,12 +103,13 @@ class Settings:
     baseline_fit_images: int = 1000
     split_file: str = str(SPLIT_FILE)
     eval_split: str = "eval"  # the bundled sample calls it "holdout"
+    tuning_subset: int | None = 200  # the eval subset tuning looked at; the rest is scored apart as "untouched"
 
     def key(self) -> dict[str, Any]:
         """The fields a resumed run must match (threads and device only change the speed)."""
         return {"budget_s": self.budget_s, "eval_limit": self.eval_limit,
                 "baseline_fit_images": self.baseline_fit_images, "split_file": Path(self.split_file).name,
-                "eval_split": self.eval_split}
+                "eval_split": self.eval_split, "tuning_subset": self.tuning_subset}
 
 
 # -- data -------------------------------------------------------------------------------------------------------
@@ -295,17 +296,30 @@ def score_checkpoint(run_dir: Path, which: str, config: dict[str, Any], loaders:
     state = ckpt_io.open_checkpoint(found).state
     torch.manual_seed(int(config["train"]["seed"]) + 7919)  # the epoch-closing pass draws from the global RNG
     extra_s = close_epoch(method, config, state)
-    method.eval()
-    eval_counts = cluster_confusions(method, loaders["eval"], device=torch.device(device), n_classes=len(NEU_CLASSES))
-    calib_counts = cluster_confusions(method, loaders["calibration"], device=torch.device(device),
-                                      n_classes=len(NEU_CLASSES))
-    heads = score_heads(eval_counts, calib_counts)
     entry = {"checkpoint": which, "step": info.step, "epoch": info.epoch, "mid_epoch_closed_s": round(extra_s, 2),
              "calibration_miou_at_save": (info.metrics.get("eval") or {}).get("miou"),
-             "heads": heads, "protocols": protocols(heads)}
+             **score_method(method, loaders, device)}
     if frames is not None:
-        entry["frames"] = predict_frames(method, frames, heads, device)
+        entry["frames"] = predict_frames(method, frames, entry["heads"], device)
     return entry
+
+
+def score_method(method: Any, loaders: dict[str, DataLoader], device: str) -> dict[str, Any]:
+    """Cluster confusions of every head on the eval parts and calibration -> scores of the whole eval set
+    (``heads``, ``protocols``) and, when the eval set has a part tuning never looked at, of that part alone."""
+    method.eval()
+    n = len(NEU_CLASSES)
+    counts = {name: cluster_confusions(method, loader, device=torch.device(device), n_classes=n)
+              for name, loader in loaders.items()}
+    parts = [counts[name] for name in ("eval_tuning", "eval_untouched") if name in counts]
+    whole = {head: sum(part[head] for part in parts) for head in parts[0]}
+    heads = score_heads(whole, counts["calibration"])
+    out: dict[str, Any] = {"heads": heads, "protocols": protocols(heads)}
+    if "eval_untouched" in counts and "eval_tuning" in counts:
+        untouched = score_heads(counts["eval_untouched"], counts["calibration"])
+        out["untouched"] = {"images": len(loaders["eval_untouched"].dataset), "heads": untouched,
+                            "protocols": protocols(untouched)}
+    return out
 
 
 @torch.no_grad()
@@ -364,13 +378,25 @@ def _resolved_config(run_dir: Path) -> dict[str, Any]:
     return load_yaml(path) if path.is_file() else {}
 
 
+def eval_parts(settings: Settings) -> dict[str, list[str]]:
+    """``eval_tuning``: the eval ids scored (``--eval-limit`` subset, or the whole split); with the whole split and
+    a ``tuning_subset``, ``eval_tuning`` is that subset and ``eval_untouched`` the rest."""
+    ids = split_ids(settings.split_file, settings.eval_split)
+    if settings.eval_limit is not None or not settings.tuning_subset or settings.tuning_subset >= len(ids):
+        return {"eval_tuning": eval_subset(ids, settings.eval_limit)}
+    tuning = eval_subset(ids, settings.tuning_subset)
+    seen = set(tuning)
+    return {"eval_tuning": tuning, "eval_untouched": [i for i in ids if i not in seen]}
+
+
 def scoring_loaders(settings: Settings, channels: int) -> tuple[dict[str, DataLoader], DataLoader]:
     root = Path(settings.data_root)
-    eval_ids = eval_subset(split_ids(settings.split_file, settings.eval_split), settings.eval_limit)
-    loaders = {"eval": image_loader(labelled_spec(root, eval_ids, channels)),
-               "calibration": image_loader(labelled_spec(root, split_ids(settings.split_file, "calibration"),
-                                                         channels))}
-    frames = image_loader(labelled_spec(root, overlay_ids(root, eval_ids), channels))
+    parts = eval_parts(settings)
+    loaders = {name: image_loader(labelled_spec(root, ids, channels)) for name, ids in parts.items()}
+    loaders["calibration"] = image_loader(labelled_spec(root, split_ids(settings.split_file, "calibration"),
+                                                        channels))
+    all_ids = sorted(i for ids in parts.values() for i in ids)
+    frames = image_loader(labelled_spec(root, overlay_ids(root, all_ids), channels))
     return loaders, frames
 
 
@@ -411,14 +437,9 @@ def run_baseline(row: str, seed: int, settings: Settings, *, overrides: dict[str
     start = time.perf_counter()
     kmeans_loss = method.fit_centroids(image_loader(fit_spec))
     seconds = time.perf_counter() - start
-    method.eval()
     loaders, frames = scoring_loaders(settings, channels)
-    device = torch.device(settings.device)
-    eval_counts = cluster_confusions(method, loaders["eval"], device=device, n_classes=len(NEU_CLASSES))
-    calib_counts = cluster_confusions(method, loaders["calibration"], device=device, n_classes=len(NEU_CLASSES))
-    heads = score_heads(eval_counts, calib_counts)
-    final = {"checkpoint": "final", "step": 0, "epoch": 0, "heads": heads, "protocols": protocols(heads)}
-    frames_out = predict_frames(method, frames, heads, settings.device)
+    final = {"checkpoint": "final", "step": 0, "epoch": 0, **score_method(method, loaders, settings.device)}
+    frames_out = predict_frames(method, frames, final["heads"], settings.device)
     record = {"row": row, "kind": "baseline", "method": preset["method"], "seed": seed,
               "preset": str(row_preset(row).relative_to(REPO)), "overrides": overrides or {},
               "method_config": config_to_dict(method.config), "train_config": {},
@@ -452,7 +473,7 @@ def run_one(row: str, seed: int, settings: Settings, *, out: Path, runs_dir: Pat
         record, frames = run_baseline(row, seed, settings, overrides=overrides)
     else:
         record, frames = run_method(row, seed, settings, runs_dir, overrides=overrides)
-    ids = eval_subset(split_ids(settings.split_file, settings.eval_split), settings.eval_limit)
+    ids = sorted(i for part in eval_parts(settings).values() for i in part)
     record.update(settings=settings.key(), threads=settings.threads, device=settings.device,
                   eval={"split": settings.eval_split, "images": len(ids)},
                   wall_s=round(time.perf_counter() - wall, 1), host=host_info(),
@@ -507,8 +528,9 @@ def load_records(out: Path) -> list[dict[str, Any]]:
 
 def aggregate(records: Iterable[dict[str, Any]], settings_key: dict[str, Any] | None = None
               ) -> list[dict[str, Any]]:
-    """Mean / std over seeds per (row, checkpoint, protocol); runs with other settings are left out."""
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    """Mean / std over seeds per (row, checkpoint, eval subset, protocol); runs with other settings are left out.
+    Subsets: ``all`` (every eval image scored) and ``untouched`` (those outside the tuning subset)."""
+    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
     seconds: dict[str, list[float]] = {}
     for rec in records:
         if settings_key is not None and rec.get("settings") != settings_key:
@@ -516,18 +538,20 @@ def aggregate(records: Iterable[dict[str, Any]], settings_key: dict[str, Any] | 
         seconds.setdefault(rec["row"], []).append(rec["training"].get("seconds_with_epoch_close",
                                                                       rec["training"]["seconds"]))
         for which, entry in rec["checkpoints"].items():
-            for name, proto in entry["protocols"].items():
-                if proto is not None:
-                    groups.setdefault((rec["row"], which, name), []).append({**proto, "seed": rec["seed"]})
+            subsets = {"all": entry["protocols"], "untouched": (entry.get("untouched") or {}).get("protocols", {})}
+            for subset, protos in subsets.items():
+                for name, proto in protos.items():
+                    if proto is not None:
+                        groups.setdefault((rec["row"], which, subset, name), []).append({**proto, "seed": rec["seed"]})
     rows = []
-    for (row, which, name), protos in sorted(groups.items(), key=lambda kv: _row_order(kv[0])):
+    for (row, which, subset, name), protos in sorted(groups.items(), key=lambda kv: _row_order(kv[0])):
         stats: dict[str, Any] = {}
         for key in SCORE_KEYS:
             values = [_score(p, key) for p in protos]
             values = [v for v in values if v is not None]
             stats[key] = {"mean": statistics.fmean(values) if values else None,
                           "std": statistics.stdev(values) if len(values) > 1 else None, "n": len(values)}
-        rows.append({"row": row, "checkpoint": which, "protocol": name, "head": protos[0]["head"],
+        rows.append({"row": row, "checkpoint": which, "subset": subset, "protocol": name, "head": protos[0]["head"],
                      "k": protos[0]["k"], "mapping": protos[0]["mapping"], "seeds": sorted(p["seed"] for p in protos),
                      "train_seconds": statistics.fmean(seconds[row]), **stats})
     return rows
@@ -593,12 +617,19 @@ def markdown(summary: dict[str, Any], notes: str = "") -> str:
              f"per run; evaluation on {', '.join(str(n) for n in sorted(n_eval, key=str))} images of the "
              f"`{s.get('eval_split', 'eval')}` split (never trained on, never used for a choice); the "
              "`calibration` images (inside `train`) name clusters for protocol (b) and pick `best`. "
-             "Scores are fractions; mean ± std over seeds.", ""]
+             "Scores are fractions; mean ± std over seeds."
+             + (f" Configurations were tuned looking at a fixed subset of {s['tuning_subset']} eval images (seed "
+                "0); the `untouched` tables score only the other eval images." if s.get("tuning_subset") else ""),
+             ""]
     if notes:
         lines += [notes, ""]
-    for which, title in (("final", "Final weights"), ("best", "Best checkpoint by calibration mIoU")):
+    tables = (("final", "all", "Final weights"),
+              ("final", "untouched", "Final weights, only the eval images outside the tuning subset"),
+              ("best", "all", "Best checkpoint by calibration mIoU"))
+    for which, subset, title in tables:
         for proto in ("a", "b"):
-            sel = [r for r in summary["rows"] if r["checkpoint"] == which and r["protocol"] == proto]
+            sel = [r for r in summary["rows"]
+                   if r["checkpoint"] == which and r["subset"] == subset and r["protocol"] == proto]
             if not sel:
                 continue
             lines += [f"## {title}: {PROTOCOL_TEXT[proto]}", "",
@@ -647,7 +678,7 @@ def plot_bars(rows: list[dict[str, Any]], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), sharey=True)
     for ax, proto in zip(axes, ("a", "b"), strict=True):
-        sel = [r for r in rows if r["checkpoint"] == "final" and r["protocol"] == proto]
+        sel = [r for r in rows if r["checkpoint"] == "final" and r["subset"] == "all" and r["protocol"] == proto]
         x = np.arange(len(sel))
         for offset, key, label in ((-0.2, "miou", "mIoU"), (0.2, "defect_iou", "defect IoU")):
             means = [r[key]["mean"] or 0.0 for r in sel]
@@ -774,6 +805,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--device", default="cpu", help="cpu, cuda, auto")
     p.add_argument("--eval-limit", type=int, default=None, help="a fixed subset of this many eval images")
+    p.add_argument("--tuning-subset", type=int, default=200,
+                   help="size of the fixed eval subset tuning looked at; the rest is also scored alone (0: off)")
     p.add_argument("--baseline-fit-images", type=int, default=1000, help="train images a baseline's k-means sees")
     p.add_argument("--split-file", default=str(SPLIT_FILE), help="JSON with train, calibration and eval splits")
     p.add_argument("--eval-split", default="eval", help="name of the evaluation split in --split-file")
@@ -792,7 +825,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings(budget_s=args.budget_s, eval_limit=args.eval_limit, data_root=str(root),
                         device=_device(args.device), threads=args.threads,
                         baseline_fit_images=args.baseline_fit_images, split_file=args.split_file,
-                        eval_split=args.eval_split)
+                        eval_split=args.eval_split, tuning_subset=args.tuning_subset or None)
     out = Path(args.out)
     if not args.report_only:
         known = set(available_methods())
