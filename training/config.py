@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from training.data.registry import dataset_config, dataset_kinds
 from training.errors import ConfigError
 from training.methods.base import config_from_dict, config_to_dict, get_method_class
 from usseg_sdk.atomic import write_text_atomic
@@ -236,6 +237,12 @@ def _resolve_data(data: Any) -> dict[str, Any]:
         spec = data.get(name)
         if spec is not None and not isinstance(spec, dict):
             raise ConfigError(f"data.{name} must be a dataset spec mapping (kind, root, ...) or null, got {spec!r}")
+        if spec is not None and spec.get("kind") in dataset_kinds():
+            try:  # unknown keys fail here, not minutes into a run (an unknown kind fails when the data is built:
+                #   library callers may hand fit() their own dataset objects with a free-form spec)
+                dataset_config(spec, train=name == "train")
+            except ConfigError as e:
+                raise ConfigError(f"data.{name}: {e}") from None
         resolved[name] = copy.deepcopy(spec)
     if resolved["train"] is None:
         raise ConfigError("the config has no data.train dataset spec")

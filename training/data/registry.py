@@ -50,6 +50,13 @@ def build_dataset(spec: Mapping[str, Any], *, train: bool) -> ImageDataset:
     Example: ``build_dataset({"kind": "mask_folder", "root": "samples/neu-seg", "split": "holdout"},
     train=False)``.
     """
+    cls, config = dataset_config(spec, train=train)
+    return cls(config, train=train)
+
+
+def dataset_config(spec: Mapping[str, Any], *, train: bool) -> tuple[type[ImageDataset], Any]:
+    """The dataset class and its validated config for ``spec``, without touching the files (so a preset's data
+    keys are checked when the config is resolved, before any training starts)."""
     if not isinstance(spec, Mapping):
         raise ConfigError(f"a dataset spec must be a mapping with a 'kind' key, got {type(spec).__name__}")
     values = {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in spec.items()}  # Path -> str
@@ -61,4 +68,4 @@ def build_dataset(spec: Mapping[str, Any], *, train: bool) -> ImageDataset:
         config = config_from_dict(cls.config_class, values)
     except ConfigError as e:
         raise ConfigError(f"dataset kind {cls.kind!r}: {e}") from None
-    return cls(config, train=train)
+    return cls, config

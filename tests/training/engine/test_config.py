@@ -6,6 +6,7 @@ from training import config as config_mod
 from training.config import (
     TrainConfig,
     apply_overrides,
+    available_presets,
     load_preset,
     parse_override,
     resolve_config,
@@ -13,6 +14,7 @@ from training.config import (
     write_config,
 )
 from training.errors import ConfigError, UnknownMethodError
+from training.methods import available_methods
 
 RAW = {"method": "toy_seg", "method_config": {"n_clusters": 4}, "data": {"train": {"kind": "folder", "root": None}},
        "train": {"epochs": 2}}
@@ -95,3 +97,17 @@ def test_data_roots_and_written_config_round_trip(tmp_path):
     resolved = resolve_config(raw)
     path = write_config(resolved, tmp_path / "config.yaml")
     assert yaml.safe_load(path.read_text()) == resolved
+
+
+@pytest.mark.parametrize("name", available_presets())
+def test_every_preset_resolves_with_valid_method_engine_and_data_keys(name):
+    """A preset whose data spec names keys its dataset kind does not have fails at resolution, not mid-run."""
+    config = resolve_config(load_preset(name))
+    assert config["method"] in available_methods()
+    assert config["data"]["train"]["kind"]
+
+
+def test_unknown_data_key_fails_at_resolution():
+    raw = {"method": "iic", "data": {"train": {"kind": "potsdam", "root": None, "split": "eval"}}}
+    with pytest.raises(ConfigError, match=r"data\.train: dataset kind 'potsdam'.*split"):
+        resolve_config(raw)
