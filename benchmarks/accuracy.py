@@ -88,6 +88,11 @@ STEM = "accuracy_neu"
 BASELINES = ("kmeans", "random_cnn")
 DEFAULT_ROWS = ("iic", "picie", "infoseg", "ac", "kmeans", "random_cnn")
 OVERLAY_PER_CLASS = 2  # overlay frames: the first eval ids (sorted) whose largest defect is each defect class
+# Rows trained on a seeded subset of the train split (per run seed) instead of all 3223 images: PiCIE runs two
+# k-means/labelling passes over its whole training set at every epoch start (and one at every epoch end), which on
+# all 3223 images take most of a CPU budget before the first step; a subset gives it several epochs (pseudo-label
+# refreshes) within the budget. ``--train-images ROW=N`` overrides (0 = every image).
+DEFAULT_TRAIN_IMAGES = {"picie": 640}
 TRAINED_MARKER = "benchmark_training.json"  # in a run dir: training finished (a rerun must not train further)
 
 
@@ -104,12 +109,14 @@ class Settings:
     split_file: str = str(SPLIT_FILE)
     eval_split: str = "eval"  # the bundled sample calls it "holdout"
     tuning_subset: int | None = 200  # the eval subset tuning looked at; the rest is scored apart as "untouched"
+    train_images: tuple[tuple[str, int], ...] = tuple(DEFAULT_TRAIN_IMAGES.items())  # (row, N): train subsets
 
     def key(self) -> dict[str, Any]:
         """The fields a resumed run must match (threads and device only change the speed)."""
         return {"budget_s": self.budget_s, "eval_limit": self.eval_limit,
                 "baseline_fit_images": self.baseline_fit_images, "split_file": Path(self.split_file).name,
-                "eval_split": self.eval_split, "tuning_subset": self.tuning_subset}
+                "eval_split": self.eval_split, "tuning_subset": self.tuning_subset,
+                "train_images": {row: n for row, n in self.train_images if n}}
 
 
 # -- data -------------------------------------------------------------------------------------------------------
@@ -234,6 +241,12 @@ def method_config(row: str, seed: int, settings: Settings, overrides: dict[str, 
     channels = int((config.get("method_config") or {}).get("channels", 1))
     config.setdefault("data", {})
     config["data"]["train"] = training_spec(config["data"].get("train") or {}, root, settings.split_file)
+    n_images = dict(settings.train_images).get(row, 0)
+    train_ids = split_ids(settings.split_file, "train")
+    if n_images and n_images < len(train_ids):  # a subset drawn with the run's seed
+        keep = torch.randperm(len(train_ids), generator=torch.Generator().manual_seed(seed))[:n_images]
+        spec = {k: v for k, v in config["data"]["train"].items() if k not in ("split", "split_file")}
+        config["data"]["train"] = {**spec, "ids": sorted(train_ids[i] for i in keep.tolist())}
     config["data"]["eval"] = labelled_spec(root, split_ids(settings.split_file, "calibration"), channels)
     train = config.setdefault("train", {})
     train.update(time_budget_s=float(settings.budget_s), seed=int(seed), num_workers=0, device=settings.device,
@@ -784,6 +797,29 @@ def _overlay(image: np.ndarray, label: np.ndarray | None) -> np.ndarray:
     return rgb * (1 - alpha) + colour * alpha
 
 
+# -- tuning log -------------------------------------------------------------------------------------------------
+def tuning_table(folders: Sequence[Path]) -> str:
+    """One markdown row per run JSON under each folder's ``accuracy_neu_runs`` (final weights; eval subset)."""
+    head = ("| run | row | seed | changes | steps | train s | (a) mIoU | (a) IoU bg/inc/pat/scr | (b) head k | "
+            "(b) mIoU | "
+            "(b) defect IoU | (b) IoU bg/inc/pat/scr |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for folder in folders:
+        for rec in load_records(Path(folder)):
+            p = rec["checkpoints"]["final"]["protocols"]
+            a, b = p.get("a"), p["b"]
+            changes = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in rec.get("overrides", {}).items()) or "preset"
+            lines.append(f"| {Path(folder).name} | {rec['row']} | {rec['seed']} | {changes} | "
+                         f"{rec['training'].get('steps', '-')} | {rec['training']['seconds']:.0f} | "
+                         f"{_f(a['miou']) if a else 'n/a'} | {_ious(a) if a else 'n/a'} | {b['head']} {b['k']} | "
+                         f"{_f(b['miou'])} | {_f(b['defect_iou'])} | {_ious(b)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _ious(proto: dict[str, Any]) -> str:
+    return "/".join(_f(proto["iou"].get(c), 2) for c in NEU_CLASSES)
+
+
 # -- CLI --------------------------------------------------------------------------------------------------------
 def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     from training.config import parse_override
@@ -807,6 +843,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--eval-limit", type=int, default=None, help="a fixed subset of this many eval images")
     p.add_argument("--tuning-subset", type=int, default=200,
                    help="size of the fixed eval subset tuning looked at; the rest is also scored alone (0: off)")
+    p.add_argument("--train-images", nargs="*", default=None, metavar="ROW=N",
+                   help=f"train a row on a seeded subset of N train images (default {DEFAULT_TRAIN_IMAGES}; "
+                        "N=0: all)")
     p.add_argument("--baseline-fit-images", type=int, default=1000, help="train images a baseline's k-means sees")
     p.add_argument("--split-file", default=str(SPLIT_FILE), help="JSON with train, calibration and eval splits")
     p.add_argument("--eval-split", default="eval", help="name of the evaluation split in --split-file")
@@ -816,16 +855,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--runs-dir", default=str(REPO / "runs" / STEM), help="run directories (checkpoints)")
     p.add_argument("--notes", default="", help="a paragraph for the markdown (machine conditions)")
     p.add_argument("--report-only", action="store_true", help="only rebuild the tables and figures")
+    p.add_argument("--tuning-table", nargs="+", metavar="OUT", help="print a tuning-log table of these --out folders")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(message)s",
                         datefmt="%H:%M:%S")
     log.setLevel(logging.INFO)
+    if args.tuning_table:
+        print(tuning_table([Path(f) for f in args.tuning_table]), end="")
+        return 0
     root = data_root(args.data_root)
     settings = Settings(budget_s=args.budget_s, eval_limit=args.eval_limit, data_root=str(root),
                         device=_device(args.device), threads=args.threads,
                         baseline_fit_images=args.baseline_fit_images, split_file=args.split_file,
-                        eval_split=args.eval_split, tuning_subset=args.tuning_subset or None)
+                        eval_split=args.eval_split, tuning_subset=args.tuning_subset or None,
+                        train_images=_train_images(args.train_images))
     out = Path(args.out)
     if not args.report_only:
         known = set(available_methods())
@@ -844,6 +888,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_reports(out, settings, args.notes)
     print(f"wrote {out / (STEM + '.md')}")
     return 0
+
+
+def _train_images(items: Sequence[str] | None) -> tuple[tuple[str, int], ...]:
+    table = dict(DEFAULT_TRAIN_IMAGES)
+    for item in items or ():
+        row, sep, n = item.partition("=")
+        if not sep or not n.strip().isdigit():
+            raise ConfigError(f"--train-images expects ROW=N, got {item!r}")
+        table[row.strip()] = int(n)
+    return tuple(sorted(table.items()))
 
 
 def _device(spec: str) -> str:
