@@ -10,6 +10,7 @@ from training.methods.base import (
     get_method_class,
     register_method,
 )
+from training.methods.baselines import KMeansBaseline  # noqa: F401  (registers "kmeans", "random_cnn")
 
 __all__ = [
     "FitContext",
