@@ -140,3 +140,11 @@ def test_miou_fitted_mapping_names_a_mixed_cluster_after_the_defect_it_holds():
     assert fitted.tolist() == [0, 3, 1, 2]
     assert acc._miou(calib, fitted) > acc._miou(calib, acc.many_to_one_match(calib))
     assert acc.miou_fitted_mapping(np.diag([50, 5, 5, 5])).tolist() == [0, 1, 2, 3]  # already optimal: kept
+
+
+def test_eval_subset_is_the_subset_the_baselines_benchmark_scores():
+    from training.baselines import image_loader
+
+    ids = [f"{i:06d}" for i in range(40)]
+    loader = image_loader(list(range(40)), batch_size=4, limit=9)  # a list stands in for the dataset
+    assert [ids[i] for i in loader.dataset.indices] == acc.eval_subset(ids, 9)
