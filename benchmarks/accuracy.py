@@ -635,6 +635,7 @@ def write_reports(out: Path, settings: Settings | None, notes: str = "") -> dict
     rows = aggregate(kept, key)
     summary = {"dataset": "NEU-Seg", "classes": list(NEU_CLASSES), "split_file": str(SPLIT_FILE.relative_to(REPO)),
                "settings": key, "protocols": PROTOCOL_TEXT, "rows": rows,
+               "all_background": all_background_reference(kept),
                "runs": [{k: v for k, v in r.items() if k != "curves"} for r in kept],
                "curves": {f"{r['row']}_seed{r['seed']}": r["curves"] for r in kept if r["curves"]}}
     out.mkdir(parents=True, exist_ok=True)
@@ -647,6 +648,22 @@ def write_reports(out: Path, settings: Settings | None, notes: str = "") -> dict
     except Exception as e:  # a figure problem must not lose the tables
         log.warning("figures not drawn: %s", e)
     return summary
+
+
+def all_background_reference(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Scores of predicting background everywhere on the eval images (from a run's ground-truth pixel counts):
+    under every protocol a model that puts (nearly) every pixel in background clusters gets about this."""
+    for rec in records:
+        confusion = rec["checkpoints"]["final"].get("confusions", {}).get("eval", {}).get("main")
+        if confusion is None:
+            continue
+        gt = np.asarray(confusion, dtype=np.int64).sum(axis=0)  # (n_classes,) pixels per class
+        matrix = np.zeros((len(gt), len(gt)), dtype=np.int64)
+        matrix[0] = gt  # every pixel predicted background
+        scores = segmentation_scores(matrix, NEU_CLASSES, background=0)
+        return {"pixel_accuracy": scores.pixel_accuracy, "miou": scores.miou, "defect_iou": scores.defect_iou,
+                "class_pixel_share": [float(v) for v in gt / gt.sum()]}
+    return None
 
 
 def _common_settings(records: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -675,6 +692,12 @@ def markdown(summary: dict[str, Any], notes: str = "") -> str:
              + (f" Configurations were tuned looking at a fixed subset of {s['tuning_subset']} eval images (seed "
                 "0); the `untouched` tables score only the other eval images." if s.get("tuning_subset") else ""),
              ""]
+    ref = summary.get("all_background")
+    if ref:
+        lines += [f"Reference: predicting background everywhere scores pixel accuracy {ref['pixel_accuracy']:.3f}, "
+                  f"mIoU {ref['miou']:.3f} and defect IoU 0 on these images (class pixel shares "
+                  + ", ".join(f"{c} {v:.3f}" for c, v in zip(NEU_CLASSES, ref["class_pixel_share"], strict=True))
+                  + "): an mIoU near it means the defects were not found; compare defect IoUs.", ""]
     if notes:
         lines += [notes, ""]
     tables = (("final", "all", "Final weights"),
