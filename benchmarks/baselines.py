@@ -172,6 +172,22 @@ def mean_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def fit_sample_lines(records: Iterable[dict[str, Any]]) -> list[str]:
+    """One markdown bullet per baseline variant: images and pixels k-means was fitted on."""
+    seen: dict[tuple[str, str], set[tuple]] = {}
+    for rec in records:
+        c = rec["config"]
+        seen.setdefault((rec["baseline"], rec["variant"]), set()).add(
+            (rec["fit"]["images"], c["pixels_per_image"], c["kmeans_max_points"], c["kmeans_iters"]))
+    lines = []
+    for (baseline, variant), settings in sorted(seen.items()):
+        unit = "feature-map pixels (stride 4)" if variant == "upsample=logits" else "pixels"
+        text = "; ".join(f"{images} images x {ppi or 'all'} random {unit} each, k-means++ then {iters} Lloyd "
+                         f"iterations on at most {cap} of them" for images, ppi, cap, iters in sorted(settings))
+        lines.append(f"- `{baseline}` / `{variant}`: {text}")
+    return lines
+
+
 def constant_background_rows(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """Scores of predicting class 0 everywhere, from the ground-truth pixel counts of each protocol's scored set."""
     rows, seen = [], set()
@@ -200,7 +216,7 @@ def _cell(mean: float | None, std: float | None) -> str:
 
 def markdown(records: Sequence[dict[str, Any]]) -> str:
     rows = flat_rows(records)
-    commands = sorted({r.get("command", "?") for r in records})
+    commands = sorted({r.get("command", "?") for r in records}, key=lambda c: ("--fresh" not in c, c))  # fresh first
     means = sorted(mean_rows(rows), key=_order)
     seeds = sorted({r["seed"] for r in rows})
     head = ["| baseline | variant | protocol | images scored | K | matching | seeds | pixel acc | mIoU | "
@@ -236,6 +252,10 @@ def markdown(records: Sequence[dict[str, Any]]) -> str:
         "features, `upsample=logits` = PiCIE's inference graph (clustered at stride 4, logits upsampled), "
         "`upsample=features` = features upsampled to the input resolution before normalising and clustering.",
         "",
+        "Fit samples (per record; labels never used for fitting):",
+        "",
+        *fit_sample_lines(records),
+        "",
         "## Headline: all 4023 images, K = 4, Hungarian",
         "",
         *head,
@@ -244,7 +264,7 @@ def markdown(records: Sequence[dict[str, Any]]) -> str:
         "For reference, predicting background everywhere (no clustering at all) scores, on the same pixels:",
         "",
         *head,
-        *[_table_row(r) for r in constant_background_rows(records)],
+        *[_table_row(r) for r in sorted(constant_background_rows(records), key=_order)],
         "",
         "Background is most of NEU-Seg's pixels, so many-to-one matching (K > 4) tends to map every cluster to "
         "background: those rows are close to the constant-background row unless some cluster is mostly defect. "

@@ -59,7 +59,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def _add_shape_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("graph")
     g.add_argument("--dynamic", action="store_true", help="symbolic batch, height and width")
-    g.add_argument("--input-size", type=_size, help="HxW of a static graph (default: native size, else 256x256)")
+    g.add_argument("--input-size", type=_size,
+                   help="HxW of a static graph (default: the size of the --calibrate or --verify-images frames "
+                        "when they share one, else the net's native size, else 256x256)")
     g.add_argument("--batch-size", type=int, default=1, help="static batch size")
     g.add_argument("--exporter", choices=EXPORTERS, default="auto",
                    help="auto: torch.onnx dynamo, falling back to TorchScript with the reason logged")

@@ -27,6 +27,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import cv2
 import onnx
 import torch
 
@@ -43,6 +44,7 @@ from usseg_sdk.config import SegmenterConfig
 from usseg_sdk.meta import ModelMeta, OutputSpec, TilingSpec, TrainingSummary
 from usseg_sdk.preprocess import round_up
 from usseg_sdk.segmenter import Segmenter
+from usseg_sdk.sources import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -202,9 +204,32 @@ def _float32_graph(method: Method, o: ExportOptions, training: TrainingSummary) 
     return _Float32Graph(model, meta, inference_net, details)
 
 
+def user_frame_size(o: ExportOptions) -> tuple[int, int] | None:
+    """The size shared by all the user's own frames (calibration, else --verify-images), for a static graph.
+
+    A net trained on crops is exported for the frames the line delivers, not for the crop: a frame of another
+    size than a static graph is tiled by the runtime. None when no such folder was given or sizes differ.
+    """
+    folder = o.calibration.images if o.calibration is not None else o.verify_images
+    if folder is None or not Path(folder).is_dir():
+        return None
+    sizes = set()
+    for path in sorted(Path(folder).iterdir()):
+        if path.suffix.lower() in IMAGE_SUFFIXES:
+            frame = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            if frame is not None:
+                sizes.add(frame.shape[:2])
+    if len(sizes) != 1:
+        return None
+    (size,) = sizes
+    log.info("static input %dx%d: the size of the frames in %s (choose with --input-size, or --dynamic)",
+             size[0], size[1], folder)
+    return size
+
+
 def _example(spec: Any, o: ExportOptions) -> torch.Tensor:
     """The uint8 example input: the static shape, or for --dynamic a batch of 2 (torch.export specialises 1)."""
-    h, w = o.input_size or spec.native_size or DEFAULT_SIZE
+    h, w = o.input_size or (None if o.dynamic else user_frame_size(o)) or spec.native_size or DEFAULT_SIZE
     h, w = (round_up(max(h, spec.min_size), spec.stride), round_up(max(w, spec.min_size), spec.stride))
     if o.input_size is not None and (h, w) != tuple(o.input_size):
         raise ExportError(f"--input-size {o.input_size[0]}x{o.input_size[1]} must be a multiple of the stride "

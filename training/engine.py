@@ -385,9 +385,10 @@ class _Trainer:
     def _run_epoch(self) -> str | None:
         c, ctx = self.c, self.ctx
         self.sampler.set_epoch(c.epoch, start_batch=c.batch_in_epoch)
+        # Also after a mid-epoch resume: on_epoch_end passes (PiCIE's centroid refit) read ctx.train_loader.
+        self.aux_sampler.set_epoch(c.epoch)
         ctx.epoch = c.epoch
         if c.batch_in_epoch == 0:
-            self.aux_sampler.set_epoch(c.epoch)
             self.method.on_epoch_start(ctx)
         if self.progress is not None:
             self.progress.epoch_start(c.epoch, self.steps_per_epoch, c.batch_in_epoch)

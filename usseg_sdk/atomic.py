@@ -19,6 +19,10 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+# The process umask, read once at import (reading it means setting it, which is not thread-safe later on).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -29,6 +33,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes the file private (0600); the result should read like any file
     os.close(fd)
     tmp = Path(tmp_name)
     try:

@@ -17,20 +17,11 @@ import pytest
 
 from export.__main__ import main as export_main
 from tests.export.graph_checks import assert_plain
+from tests.tiny_configs import TINY
 from training.methods.base import available_methods, get_method_class
 
 SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "neu-seg"
 
-_KMEANS = {"pixels_per_image": 64, "kmeans_iters": 5, "kmeans_init_batches": 1}
-TINY: dict[str, dict] = {
-    "iic": {"width": 0.125, "over_clusters": 6, "half_T": 2},
-    "ac": {"width": 8, "n_blocks": 2, "attention_after": 1, "half_T": 2},
-    "infoseg": {"width": 8, "feature_dim": 16, "global_hidden": 32},
-    "picie": {"backbone_width": 8, "feature_dim": 16, "kmeans_init_batches": 1, "kmeans_init_iters": 2,
-              "kmeans_pixels_per_image": 64},
-    "kmeans": _KMEANS,
-    "random_cnn": {**_KMEANS, "feature_dim": 16},
-}
 SLOW: set[str] = set()  # methods too heavy for the default run even in their TINY config
 
 

@@ -8,6 +8,7 @@ import os
 import stat
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -160,3 +161,19 @@ def test_failed_verification_writes_only_the_numbers(tiny, tmp_path):
     assert json.loads((out / "verify.failed.json").read_text())["passed"] is False
     export_method(tiny, _options(out))  # a later good export replaces it
     assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.onnx", "verify.json"]
+
+
+def test_static_export_takes_the_size_of_the_users_frames(tiny, tmp_path):
+    """Without --input-size, a static graph is built for the calibration frames' size, not the training crop."""
+    cal = CalibrationOptions(images=SAMPLE / "images", masks=SAMPLE / "masks")
+    options = ExportOptions(out=tmp_path / "out", calibration=cal, verify_count=2)
+    assert pipeline.user_frame_size(options) == (200, 200)
+    export_method(tiny, options)
+    dims = onnx.load(str(tmp_path / "out" / "model.onnx")).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [1, 1, 200, 200]
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for i, size in enumerate([(32, 32), (40, 48)]):
+        cv2.imwrite(str(mixed / f"{i}.png"), np.zeros(size, np.uint8))
+    assert pipeline.user_frame_size(ExportOptions(out=tmp_path / "x", verify_images=mixed)) is None
+    assert pipeline.user_frame_size(ExportOptions(out=tmp_path / "x")) is None  # no user frames: native size

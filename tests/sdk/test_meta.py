@@ -101,3 +101,15 @@ def test_uncalibrated_is_identity_with_distinct_colours():
     assert meta.mapping.kind == "identity"
     assert len(set(default_palette(45))) == 45
     assert not meta.classes[0].defect and meta.classes[1].defect
+
+
+def test_atomic_writes_get_the_umask_permissions(tmp_path):
+    import os
+    import stat
+
+    from usseg_sdk.atomic import write_text_atomic
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    path = write_text_atomic(tmp_path / "model.json", "{}")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask

@@ -1,6 +1,6 @@
 """Training methods. Each module registers itself with ``@register_method``; import them all here."""
 
-from training.methods import ac, iic, infoseg, picie  # noqa: F401  (each registers its method)
+from training.methods import ac, baselines, iic, infoseg, picie  # noqa: F401  (each registers its method)
 from training.methods.base import (
     FitContext,
     Method,
@@ -10,7 +10,6 @@ from training.methods.base import (
     get_method_class,
     register_method,
 )
-from training.methods.baselines import KMeansBaseline  # noqa: F401  (registers "kmeans", "random_cnn")
 
 __all__ = [
     "FitContext",

@@ -1,0 +1,90 @@
+"""What the demo runs, from environment variables (``make demo`` passes them through).
+
+    DEMO_METHOD    iic | ac | infoseg | picie       (default: DEFAULT_METHOD)
+    DEMO_PRESET    a preset name or YAML path      (default: METHODS[method].preset)
+    DEMO_HEAD      main | over                      (default: METHODS[method].head)
+    DEMO_BUDGET_S  training wall-clock cap, seconds (default 120)
+    DEMO_STEPS     optimiser steps                  (default: METHODS[method].steps; the budget may stop earlier)
+    DEMO_SEED      seed of the run                  (default 0)
+    DEMO_THREADS   torch CPU threads                (default 1: see below)
+    DEMO_OUT       output folder                    (default demo_out/ in the repository)
+
+Switching a method to a better preset is one line in ``METHODS``.
+
+One torch thread by default: a run then repeats bit for bit on a machine (given the same number of steps), and
+on a shared machine two threads are several times slower than one, not faster (their synchronisation stalls when
+other processes hold the cores). ``DEMO_STEPS`` is sized so that one idle core finishes in about
+``DEMO_BUDGET_S``; on a busy machine the budget stops the run first, with fewer steps (the summary says which).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_DIR = ROOT / "samples" / "neu-seg"
+
+
+class DemoError(Exception):
+    """The demo cannot run as configured (bad environment variable, missing sample); printed without traceback."""
+
+
+@dataclass(frozen=True)
+class MethodChoice:
+    preset: str  # training/presets/<preset>.yaml, or a YAML path
+    head: str  # exported head: "main" (K = classes, Hungarian) or "over" (over-clustering, many-to-one)
+    steps: int  # optimiser steps of the default run, sized to ~2 minutes on 2 CPU cores
+
+
+# Chosen from `demo/compare_methods.py` on the bundled sample (numbers in the README and the demo's report).
+METHODS: dict[str, MethodChoice] = {
+    "iic": MethodChoice(preset="iic_cpu", head="main", steps=280),
+    "ac": MethodChoice(preset="ac_cpu", head="main", steps=100),
+    "infoseg": MethodChoice(preset="infoseg_cpu", head="main", steps=320),
+    "picie": MethodChoice(preset="picie_cpu", head="main", steps=160),
+}
+DEFAULT_METHOD = "iic"
+HEADS = ("main", "over")
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    method: str
+    preset: str
+    head: str
+    budget_s: float
+    steps: int | None
+    seed: int
+    threads: int
+    out: Path
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> DemoSettings:
+        env = dict(os.environ if env is None else env)
+        method = env.get("DEMO_METHOD", "").strip().lower() or DEFAULT_METHOD
+        if method not in METHODS:
+            raise DemoError(f"DEMO_METHOD={method!r}: choose one of {', '.join(METHODS)}")
+        choice = METHODS[method]
+        head = env.get("DEMO_HEAD", "").strip() or choice.head
+        if head not in HEADS:
+            raise DemoError(f"DEMO_HEAD={head!r}: choose one of {', '.join(HEADS)}")
+        steps = _number(env, "DEMO_STEPS", int, choice.steps)
+        return cls(method=method, preset=env.get("DEMO_PRESET", "").strip() or choice.preset, head=head,
+                   budget_s=_number(env, "DEMO_BUDGET_S", float, 120.0), steps=steps or None,
+                   seed=_number(env, "DEMO_SEED", int, 0), threads=max(1, _number(env, "DEMO_THREADS", int, 1)),
+                   out=Path(env.get("DEMO_OUT", "").strip() or ROOT / "demo_out").resolve())
+
+
+def _number(env: dict[str, str], name: str, kind: type, default: float) -> float:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        raise DemoError(f"{name}={text!r} is not a number") from None
+    if value < 0 or (name == "DEMO_BUDGET_S" and value == 0):
+        raise DemoError(f"{name}={text!r} must be positive")
+    return value

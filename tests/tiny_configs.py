@@ -1,0 +1,18 @@
+"""Small configs of every registered method, so tests that train real methods stay fast on 2 CPU cores.
+
+A method without an entry runs with its defaults (and ``n_clusters: 4``); keys a method does not have are ignored
+by the users of this table.
+"""
+
+from __future__ import annotations
+
+_KMEANS = {"pixels_per_image": 64, "kmeans_iters": 5, "kmeans_init_batches": 1}
+TINY: dict[str, dict] = {
+    "iic": {"width": 0.125, "over_clusters": 6, "half_T": 2},
+    "ac": {"width": 8, "n_blocks": 2, "attention_after": 1, "half_T": 2},
+    "infoseg": {"width": 8, "feature_dim": 16, "global_hidden": 32},
+    "picie": {"backbone_width": 8, "feature_dim": 16, "kmeans_init_batches": 1, "kmeans_init_iters": 2,
+              "kmeans_pixels_per_image": 64},
+    "kmeans": _KMEANS,
+    "random_cnn": {**_KMEANS, "feature_dim": 16},
+}
