@@ -98,6 +98,7 @@ class ACConfig(MethodConfig):
     sobel: str = "off"  # "off", "append" (RGB+Sobel, IIC's COCO) or "replace"
     input_mean: tuple[float, ...] | None = None  # per channel; None = 0 (IIC: /255 only)
     input_std: tuple[float, ...] | None = None  # per channel; None = 1
+    per_image_norm: bool = False  # standardise each frame by its own mean/std instead (not in the paper)
     native_size: int | None = None  # training crop side, reported as InputSpec.native_size
 
     def __post_init__(self) -> None:
@@ -192,7 +193,7 @@ class AC(Method):
     def __init__(self, config: ACConfig):
         super().__init__(config)
         c = config
-        self.adapter = InputAdapter(c.mean, c.std, c.sobel)
+        self.adapter = InputAdapter(c.mean, c.std, c.sobel, per_image=c.per_image_norm)
         heads = {"main": c.n_clusters} | ({"over": c.over_clusters} if c.over_clusters else {})
         self.net = AutoregressiveSegNet(self.adapter.out_channels, heads, width=c.width, n_blocks=c.n_blocks,
                                         grid_stride=c.stride, attention=c.attention,

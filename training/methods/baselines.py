@@ -80,6 +80,7 @@ class KMeansBaselineConfig(MethodConfig):
     features: str = "pixel"  # "pixel" (headline), "patch" or "local_stats" (variants)
     patch_size: int = 3  # neighbourhood side for "patch" / "local_stats" (odd)
     temperature: float = 1.0  # probabilities = softmax(-squared distance / temperature)
+    per_image_norm: bool = False  # standardise each frame by its own mean/std first (InputAdapter per_image)
     seed: int | None = None  # null = global torch RNG; int = this seed alone decides the fit
     pixels_per_image: int | None = 256  # random pixels each image gives k-means; null = every pixel
     kmeans_max_points: int = 200_000  # bound on the pooled points k-means clusters
@@ -218,7 +219,7 @@ class KMeansBaseline(Method):
     def __init__(self, config: KMeansBaselineConfig):
         super().__init__(config)
         mean, std = normalisation(config.channels)
-        self.adapter = InputAdapter(mean, std)
+        self.adapter = InputAdapter(mean, std, per_image=config.per_image_norm)
         with seeded_rng(config.seed):
             self.features = self.build_features()
         self.features.requires_grad_(False).eval()

@@ -77,6 +77,7 @@ class IICConfig(MethodConfig):
     sobel: str = "append"  # "off" | "append" (image + dx, dy) | "replace" (dx, dy only) [no_sobel]
     mean: tuple[float, ...] | None = None  # per input channel; None: 0 (IIC only divides by 255)
     std: tuple[float, ...] | None = None  # per input channel; None: 1
+    per_image_norm: bool = False  # standardise each frame by its own mean/std instead (not in the paper)
     jitter_brightness: float = 0.4  # [jitter_brightness] (Potsdam runs: 0.1 each)
     jitter_contrast: float = 0.4
     jitter_saturation: float = 0.4
@@ -110,7 +111,8 @@ class IIC(Method):
         c = config
         mean = c.mean if c.mean is not None else (0.0,) * c.channels
         std = c.std if c.std is not None else (1.0,) * c.channels
-        self.adapter = InputAdapter(tuple(mean), tuple(std), sobel=c.sobel)  # type: ignore[arg-type]
+        self.adapter = InputAdapter(tuple(mean), tuple(std), sobel=c.sobel,  # type: ignore[arg-type]
+                                    per_image=c.per_image_norm)
         self.net = SegmentationNet10aTwoHead(self.adapter.out_channels, k_A=c.over_clusters, k_B=c.n_clusters,
                                              num_sub_heads=c.num_sub_heads, width=c.width,
                                              track_running_stats=c.batchnorm_track)

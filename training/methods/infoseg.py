@@ -84,6 +84,7 @@ class InfoSegConfig(MethodConfig):
     sobel: str = "off"  # "off", "append" (RGB+Sobel, IIC's COCO) or "replace"
     input_mean: tuple[float, ...] | None = None  # per channel; None = 0 (IIC: /255 only)
     input_std: tuple[float, ...] | None = None  # per channel; None = 1
+    per_image_norm: bool = False  # standardise each frame by its own mean/std instead (not in the paper)
     native_size: int | None = None  # training crop side, reported as InputSpec.native_size
 
     def __post_init__(self) -> None:
@@ -153,7 +154,8 @@ class InfoSeg(Method):
         super().__init__(config)
         c = config
         self.net = InfoSegNet(in_channels=c.channels, n_clusters=c.n_clusters, mean=c.mean, std=c.std,
-                              sobel=c.sobel, width=c.width, blocks_per_stage=c.blocks_per_stage,
+                              sobel=c.sobel, per_image_norm=c.per_image_norm, width=c.width,
+                              blocks_per_stage=c.blocks_per_stage,
                               local_block=c.local_block, global_block=c.global_block, feature_dim=c.feature_dim,
                               global_hidden=c.global_hidden, tau=c.tau_init, learn_tau=c.tau == "learnable")
 

@@ -113,7 +113,8 @@ class InfoSegNet(nn.Module):
     """
 
     def __init__(self, *, in_channels: int, n_clusters: int, mean: tuple[float, ...], std: tuple[float, ...],
-                 sobel: SobelMode = "off", width: int = 64, blocks_per_stage: tuple[int, ...] = (2, 2, 2, 2),
+                 sobel: SobelMode = "off", per_image_norm: bool = False, width: int = 64,
+                 blocks_per_stage: tuple[int, ...] = (2, 2, 2, 2),
                  local_block: str = "C", global_block: str = "D", feature_dim: int = 256,
                  global_hidden: int = 1024, tau: float = 1 / 16, learn_tau: bool = False):
         super().__init__()
@@ -123,7 +124,7 @@ class InfoSegNet(nn.Module):
         self.global_index = BLOCK_NAMES.index(global_block)
         n_stages = max(self.local_index, self.global_index) + 1
         widths = tuple(width * 2**i for i in range(4))
-        self.adapter = InputAdapter(mean, std, sobel)
+        self.adapter = InputAdapter(mean, std, sobel, per_image=per_image_norm)
         self.encoder = ResNet(tuple(blocks_per_stage[:n_stages]), in_channels=self.adapter.out_channels,
                               widths=widths[:n_stages], stem="cifar")
         self.local_proj = LocalProjection(widths[self.local_index], feature_dim)

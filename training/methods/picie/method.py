@@ -84,6 +84,7 @@ class PiCIEConfig(MethodConfig):
     backbone_width: int = 64  # ResNet-18 stage widths w, 2w, 4w, 8w; 64 is the paper's (ImageNet weights)
     pretrained_weights: str | None = None  # local torchvision resnet18 file (.pth/.safetensors), read at fit start
     input_size: int | None = None  # shorter side both views enter the net at (official res 320); None = as given
+    per_image_norm: bool = False  # standardise each frame by its own mean/std, not ImageNet's (not in the paper)
     # views (official values)
     min_scale: float = 0.5
     h_flip: bool = True
@@ -151,7 +152,7 @@ class PiCIE(Method):
         super().__init__(config)
         c = config
         mean, std = _normalisation(c.channels)
-        self.adapter = InputAdapter(mean, std)
+        self.adapter = InputAdapter(mean, std, per_image=c.per_image_norm)
         self.net = ResNetFPN(in_channels=c.channels, out_dim=c.feature_dim, width=c.backbone_width)
         self.label_net = copy.deepcopy(self.net).requires_grad_(False).eval()
         self.views = c.view_settings()
