@@ -233,10 +233,10 @@ def test_loss_stays_float32_under_autocast():
 PRESETS = sorted((Path(__file__).resolve().parents[2] / "training" / "presets").glob("infoseg_*.yaml"))
 
 
-def test_every_paper_row_and_the_cpu_preset_exist():
+def test_every_paper_row_and_the_cpu_and_neu_presets_exist():
     names = {p.stem for p in PRESETS}
     assert names == {"infoseg_cocostuff3", "infoseg_cocostuff15", "infoseg_potsdam3", "infoseg_potsdam6",
-                     "infoseg_cpu"}
+                     "infoseg_cpu", "infoseg_neu"}
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)
