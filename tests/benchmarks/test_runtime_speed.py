@@ -32,12 +32,27 @@ def test_interleaved_rotates_the_order_and_times_every_call(runtime_speed):
     assert all(t >= 0 for v in times.values() for t in v)
 
 
+def test_interleaved_rewarms_a_contender_after_a_switch_of_group(runtime_speed):
+    calls: list[str] = []
+    contenders = {name: (lambda n=name: calls.append(n)) for name in ("sdk a", "bare a", "torch")}
+    groups = {"sdk a": "a", "bare a": "a", "torch": "torch"}
+    times = runtime_speed.interleaved(contenders, warmup=0, runs=2, groups=groups)
+    # round 0: sdk a, bare a, torch (untimed torch first); round 1: bare a (untimed bare a first), torch (untimed
+    # torch), sdk a (untimed sdk a)
+    assert calls == ["sdk a", "bare a", "torch", "torch", "bare a", "bare a", "torch", "torch", "sdk a", "sdk a"]
+    assert {k: len(v) for k, v in times.items()} == {"sdk a": 2, "bare a": 2, "torch": 2}
+
+
 def test_targets_judge_overhead_only_at_the_line_size(runtime_speed):
-    rows = [{"model": "m", "precision": "fp32", "size": [256, 1600], "overhead_pct": 6.0, "speedup_ort_vs_torch": 2.5},
-            {"model": "m", "precision": "fp32", "size": [200, 200], "overhead_pct": 1.0, "speedup_ort_vs_torch": 1.5}]
-    t = runtime_speed.targets(rows)
-    assert [(i["row"], i["met"]) for i in t["overhead"]] == [("m fp32 256x1600", False)]
-    assert [i["met"] for i in t["speedup"]] == [True, False]
+    rows = [{"model": "m", "precision": "fp32", "size": [256, 1600], "overhead_pct": 1.0,
+             "alone": {"overhead_pct": 6.0}, "speedup_ort_vs_torch": 2.5},
+            {"model": "m", "precision": "int8", "size": [256, 1600], "overhead_pct": 30.0,
+             "alone": {"overhead_pct": 2.0}, "speedup_ort_vs_torch": 2.5},
+            {"model": "m", "precision": "fp32", "size": [200, 200], "overhead_pct": 1.0,
+             "alone": {"overhead_pct": 9.0}, "speedup_ort_vs_torch": 1.5}]
+    t = runtime_speed.targets(rows)  # overhead: judged on the SDK alone with its session, at the line size only
+    assert [(i["row"], i["met"]) for i in t["overhead"]] == [("m fp32 256x1600", False), ("m int8 256x1600", True)]
+    assert [i["met"] for i in t["speedup"]] == [True, True, False]
 
 
 def test_quick_run_writes_the_report(runtime_speed, tmp_path):
@@ -57,6 +72,7 @@ def test_quick_run_writes_the_report(runtime_speed, tmp_path):
         assert row["size"] == [64, 64] and row["graph_size"] == [1, 3 if row["model"] == "picie" else 1, 64, 64]
         for timing in ("sdk", "bare_ort", "torch"):
             assert row[timing]["runs"] == 2 and 0 < row[timing]["p50_ms"] <= row[timing]["p99_ms"]
+        assert row["alone"]["sdk"]["runs"] == 2 and row["alone"]["bare_ort"]["p50_ms"] > 0
         assert math.isclose(row["speedup_ort_vs_torch"], row["torch"]["p50_ms"] / row["bare_ort"]["p50_ms"])
         assert row["gflop"] > 0 and row["gflops"] > 0 and row["matmul_gflops"] > 0
         assert row["ort_session"]["intra_op_threads"] == 1
