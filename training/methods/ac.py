@@ -55,14 +55,13 @@ from training.errors import ConfigError, DataError
 from training.losses.mutual_info import iic_seg_loss, iic_seg_loss_with_affine
 from training.methods.base import FitContext, Method, MethodConfig, register_method
 from training.nets.autoregressive import AutoregressiveSegNet
-from training.nets.input_adapter import InputAdapter
+from training.nets.input_adapter import COLOR_ORDER, InputAdapter, check_input_config
 from training.nets.masked_conv import MaskedConv2d
 from training.nets.orderings import ALL_IDS, RASTER_IDS, ZIGZAG_IDS, sample_ordering_pair, use_ordering
 from usseg_sdk.meta import InputSpec
 
 logger = logging.getLogger(__name__)
 
-_COLOR_ORDER = {1: "gray", 3: "rgb", 4: "rgbi"}
 _IGNORE = 255
 
 
@@ -142,16 +141,7 @@ class ACConfig(MethodConfig):
             raise ConfigError(f"ACConfig.jitter needs 4 non-negative strengths, got {self.jitter}")
 
     def _check_input(self) -> None:
-        if self.channels not in _COLOR_ORDER:
-            raise ConfigError(f"ACConfig.channels must be 1 (grey), 3 (RGB) or 4 (RGBIR), got {self.channels}")
-        if self.sobel not in ("off", "append", "replace"):
-            raise ConfigError(f"ACConfig.sobel must be 'off', 'append' or 'replace', got {self.sobel!r}")
-        for name in ("input_mean", "input_std"):
-            value = getattr(self, name)
-            if value is not None and len(value) != self.channels:
-                raise ConfigError(f"ACConfig.{name} needs {self.channels} values, got {value}")
-        if self.input_std is not None and min(self.input_std) <= 0:
-            raise ConfigError(f"ACConfig.input_std must be positive, got {self.input_std}")
+        check_input_config("ACConfig", self.channels, self.sobel, self.input_mean, self.input_std)
 
     @property
     def ordering_ids(self) -> tuple[int, ...]:
@@ -363,7 +353,7 @@ class AC(Method):
         """Stride = grid stride (2 or 4): h's output grid then tiles the frame exactly. min_size: one cell."""
         c = self.config
         n = c.native_size
-        return InputSpec(channels=c.channels, color_order=_COLOR_ORDER[c.channels], mean=c.mean, std=c.std,
+        return InputSpec(channels=c.channels, color_order=COLOR_ORDER[c.channels], mean=c.mean, std=c.std,
                          normalized_in_graph=True, sobel=c.sobel != "off", stride=c.stride, min_size=c.stride,
                          native_size=(n, n) if n else None)
 

@@ -50,13 +50,12 @@ from training.data.photometric import PhotometricConfig, photometric_augment
 from training.errors import ConfigError
 from training.losses.mutual_info import JOINT_IMPLS, iic_seg_loss_with_affine
 from training.methods.base import FitContext, Method, MethodConfig, register_method
-from training.nets.input_adapter import InputAdapter
+from training.nets.input_adapter import COLOR_ORDER, InputAdapter
 from training.nets.net10a import STRIDE, Net10aInferenceNet, SegmentationNet10aTwoHead, min_input_size
 from usseg_sdk.meta import InputSpec
 
 logger = logging.getLogger(__name__)
 
-_COLOR_ORDER = {1: "gray", 3: "rgb", 4: "rgbi"}
 _HEAD_OF = {"main": "B", "over": "A"}
 
 
@@ -240,7 +239,7 @@ class IIC(Method):
     def input_spec(self) -> InputSpec:
         c = self.config
         size = c.input_size
-        return InputSpec(channels=c.channels, color_order=_COLOR_ORDER[c.channels],
+        return InputSpec(channels=c.channels, color_order=COLOR_ORDER[c.channels],
                          mean=tuple(float(v) for v in c.mean) if c.mean is not None else (0.0,) * c.channels,
                          std=tuple(float(v) for v in c.std) if c.std is not None else (1.0,) * c.channels,
                          sobel=c.sobel != "off", stride=STRIDE, min_size=min_input_size(),
@@ -253,7 +252,7 @@ class IIC(Method):
 
 
 def _validate(c: IICConfig) -> None:
-    if c.channels not in _COLOR_ORDER:
+    if c.channels not in COLOR_ORDER:
         raise ConfigError(f"IICConfig.channels must be 1, 3 or 4, got {c.channels}")
     if c.sobel not in ("off", "append", "replace"):
         raise ConfigError(f"IICConfig.sobel must be 'off', 'append' or 'replace', got {c.sobel!r}")

@@ -58,9 +58,9 @@ from training.errors import ConfigError, DataError
 from training.losses.infomax import MEASURES, infoseg_loss
 from training.methods.base import FitContext, Method, MethodConfig, register_method
 from training.nets.infoseg_net import BLOCK_NAMES, InfoSegNet, class_assignment, cluster_logits
+from training.nets.input_adapter import COLOR_ORDER, check_input_config
 from usseg_sdk.meta import InputSpec
 
-_COLOR_ORDER = {1: "gray", 3: "rgb", 4: "rgbi"}
 _IGNORE = 255
 
 
@@ -119,16 +119,7 @@ class InfoSegConfig(MethodConfig):
             raise ConfigError(f"InfoSegConfig.hflip_p must be in [0, 1], got {self.hflip_p}")
 
     def _check_input(self) -> None:
-        if self.channels not in _COLOR_ORDER:
-            raise ConfigError(f"InfoSegConfig.channels must be 1 (grey), 3 (RGB) or 4 (RGBIR), got {self.channels}")
-        if self.sobel not in ("off", "append", "replace"):
-            raise ConfigError(f"InfoSegConfig.sobel must be 'off', 'append' or 'replace', got {self.sobel!r}")
-        for name in ("input_mean", "input_std"):
-            value = getattr(self, name)
-            if value is not None and len(value) != self.channels:
-                raise ConfigError(f"InfoSegConfig.{name} needs {self.channels} values, got {value}")
-        if self.input_std is not None and min(self.input_std) <= 0:
-            raise ConfigError(f"InfoSegConfig.input_std must be positive, got {self.input_std}")
+        check_input_config("InfoSegConfig", self.channels, self.sobel, self.input_mean, self.input_std)
 
     @property
     def tau_init(self) -> float:
@@ -254,7 +245,7 @@ class InfoSeg(Method):
         pixels and let D's zero padding into the global average. min_size: one block-D cell."""
         c = self.config
         n = c.native_size
-        return InputSpec(channels=c.channels, color_order=_COLOR_ORDER[c.channels], mean=c.mean, std=c.std,
+        return InputSpec(channels=c.channels, color_order=COLOR_ORDER[c.channels], mean=c.mean, std=c.std,
                          normalized_in_graph=True, sobel=c.sobel != "off", stride=self.net.stride,
                          min_size=self.net.stride, native_size=(n, n) if n else None)
 

@@ -13,6 +13,7 @@ so the runtime still feeds raw frames and needs to know nothing about it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -29,6 +30,25 @@ _GREY_WEIGHTS = (0.299, 0.587, 0.114)
 # Variance floor of the per-image standardisation (std floor 1e-3, a quarter of one 8-bit grey level): a flat
 # frame maps to zeros instead of NaN.
 PER_IMAGE_EPS = 1e-6
+
+COLOR_ORDER = {1: "gray", 3: "rgb", 4: "rgbi"}  # input channels -> ModelMeta colour order
+SOBEL_MODES = ("off", "append", "replace")
+
+
+def check_input_config(owner: str, channels: int, sobel: str, input_mean: Sequence[float] | None,
+                       input_std: Sequence[float] | None) -> None:
+    """The input fields a method config shares with :class:`InputAdapter`; ``owner`` names the config in errors."""
+    from training.errors import ConfigError
+
+    if channels not in COLOR_ORDER:
+        raise ConfigError(f"{owner}.channels must be 1 (grey), 3 (RGB) or 4 (RGBIR), got {channels}")
+    if sobel not in SOBEL_MODES:
+        raise ConfigError(f"{owner}.sobel must be 'off', 'append' or 'replace', got {sobel!r}")
+    for name, value in (("input_mean", input_mean), ("input_std", input_std)):
+        if value is not None and len(value) != channels:
+            raise ConfigError(f"{owner}.{name} needs {channels} values, got {value}")
+    if input_std is not None and min(input_std) <= 0:
+        raise ConfigError(f"{owner}.input_std must be positive, got {input_std}")
 
 
 def sobel_xy(grey: torch.Tensor) -> torch.Tensor:

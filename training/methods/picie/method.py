@@ -64,7 +64,7 @@ from training.methods.picie.views import (
     photometric_view,
     resize,
 )
-from training.nets.input_adapter import InputAdapter
+from training.nets.input_adapter import COLOR_ORDER, InputAdapter
 from training.nets.resnet_fpn import ResNetFPN, load_imagenet_backbone
 from usseg_sdk.meta import InputSpec
 
@@ -73,7 +73,6 @@ logger = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 GREY_MEAN, GREY_STD = 0.449, 0.226  # channel averages of ImageNet's, for grey and extra (IR) channels
-_COLOR_ORDER = {1: "gray", 3: "rgb", 4: "rgbi"}
 
 
 @dataclass
@@ -118,7 +117,7 @@ class PiCIEConfig(MethodConfig):
     official_dot_logits: bool = False
 
     def __post_init__(self) -> None:
-        if self.channels not in _COLOR_ORDER:
+        if self.channels not in COLOR_ORDER:
             raise ConfigError(f"PiCIEConfig.channels must be 1, 3 or 4, got {self.channels}")
         if self.n_clusters < 2 or self.over_clusters < 0 or self.over_clusters == 1:
             raise ConfigError(f"PiCIEConfig: n_clusters must be >= 2 and over_clusters 0 or >= 2, got "
@@ -393,7 +392,7 @@ class PiCIE(Method):
         c = self.config
         mean, std = _normalisation(c.channels)
         native = None if c.input_size is None else (c.input_size, c.input_size)
-        return InputSpec(channels=c.channels, color_order=_COLOR_ORDER[c.channels], mean=mean, std=std,  # type: ignore[arg-type]
+        return InputSpec(channels=c.channels, color_order=COLOR_ORDER[c.channels], mean=mean, std=std,  # type: ignore[arg-type]
                          stride=32, min_size=32, native_size=native)
 
 
