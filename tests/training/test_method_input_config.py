@@ -3,10 +3,13 @@ ConfigError naming the config and the field."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
+import torch
 
 from training.errors import ConfigError
-from training.methods.base import build_method
+from training.methods.base import FitContext, build_method
 
 OWNERS = {"ac": "ACConfig", "infoseg": "InfoSegConfig"}
 BAD = [({"channels": 2}, "channels must be 1 (grey), 3 (RGB) or 4 (RGBIR), got 2"),
@@ -28,3 +31,41 @@ def test_valid_input_fields_build(method):
     m = build_method(method, {"channels": 3, "sobel": "off", "input_mean": [0.4, 0.4, 0.4],
                               "input_std": [0.2, 0.2, 0.2]})
     assert m.config.channels == 3 and m.input_spec().color_order == "rgb"
+
+
+# -- batches: training.methods.base.batch_images / batch_labels (AC and InfoSeg check their batches with them) ------
+from training.errors import DataError  # noqa: E402
+from training.methods.base import batch_images, batch_labels  # noqa: E402
+
+
+@pytest.mark.parametrize(("image", "message"), [
+    (None, "AC needs batch['image'] as a float (B, C, H, W) tensor, got NoneType"),
+    (torch.zeros(2, 1, 8, 8, dtype=torch.uint8), "got torch.uint8 (2, 1, 8, 8)"),
+    (torch.zeros(1, 8, 8), "got torch.float32 (1, 8, 8)"),
+    (torch.zeros(2, 3, 8, 8), "batch['image'] has 3 channels, AC is configured for 1 (method_config.channels)"),
+], ids=["missing", "uint8", "3d", "channels"])
+def test_batch_images_rejects_what_the_method_cannot_take(image, message):
+    with pytest.raises(DataError, match=re.escape(message)):
+        batch_images({"image": image} if image is not None else {}, "AC", 1)
+
+
+def test_batch_images_and_labels_pass_good_tensors_through():
+    images, labels = torch.zeros(2, 1, 8, 8), torch.zeros(2, 8, 8, dtype=torch.long)
+    assert batch_images({"image": images}, "AC", 1) is images
+    assert batch_labels({"image": images, "label": labels}, images, "AC") is labels
+
+
+def test_batch_labels_needs_labels_of_the_images_size():
+    images = torch.zeros(2, 1, 8, 8)
+    with pytest.raises(DataError, match=r"InfoSeg iic_train_mask=True needs batch\['label'\]"):
+        batch_labels({"image": images}, images, "InfoSeg")
+    with pytest.raises(DataError, match=re.escape("expected (2, 8, 8) to match batch['image']")):
+        batch_labels({"label": torch.zeros(2, 4, 4)}, images, "InfoSeg")
+
+
+@pytest.mark.parametrize("method", sorted(OWNERS))
+def test_a_method_step_rejects_a_batch_of_the_wrong_channels(method):
+    m = build_method(method, {"channels": 1})
+    ctx = FitContext(device=torch.device("cpu"))
+    with pytest.raises(DataError, match="3 channels"):
+        m.training_step({"image": torch.rand(2, 3, 32, 32)}, ctx)

@@ -53,7 +53,7 @@ from training.data.geometric import AffineRange, paired_view
 from training.data.photometric import PhotometricConfig, photometric_augment
 from training.errors import ConfigError, DataError
 from training.losses.mutual_info import iic_seg_loss, iic_seg_loss_with_affine
-from training.methods.base import FitContext, Method, MethodConfig, register_method
+from training.methods.base import FitContext, Method, MethodConfig, batch_images, batch_labels, register_method
 from training.nets.autoregressive import AutoregressiveSegNet
 from training.nets.input_adapter import COLOR_ORDER, InputAdapter, check_input_config
 from training.nets.masked_conv import MaskedConv2d
@@ -202,7 +202,7 @@ class AC(Method):
     # -- training ------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], ctx: FitContext) -> dict[str, Any]:
         images = self._check_images(batch)  # (B, C, H, W)
-        labels = self._check_labels(batch, images) if self.config.iic_train_mask else None
+        labels = batch_labels(batch, images, "AC") if self.config.iic_train_mask else None
         heads = self.active_heads(ctx)
         for name, head in self.net.heads.items():
             head.requires_grad_(name in heads)
@@ -259,28 +259,11 @@ class AC(Method):
         return torch.rand(n) < p  # (B,) from the global CPU RNG, so resumed runs repeat on any device
 
     def _check_images(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        images = batch.get("image")
-        if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
-            desc = type(images).__name__ if not isinstance(images, torch.Tensor) else \
-                f"{images.dtype} {tuple(images.shape)}"
-            raise DataError(f"AC needs batch['image'] as a float (B, C, H, W) tensor, got {desc}")
-        if images.shape[1] != self.config.channels:
-            raise DataError(f"batch['image'] has {images.shape[1]} channels, AC is configured for "
-                            f"{self.config.channels} (method_config.channels)")
+        images = batch_images(batch, "AC", self.config.channels)
         if 2 * self.config.half_T + 1 > min(images.shape[2:]):
             raise DataError(f"batch['image'] of size {tuple(images.shape[2:])} is smaller than the displacement "
                             f"window 2*half_T+1 = {2 * self.config.half_T + 1}")
         return images
-
-    def _check_labels(self, batch: dict[str, torch.Tensor], images: torch.Tensor) -> torch.Tensor:
-        labels = batch.get("label")
-        if not isinstance(labels, torch.Tensor):
-            raise DataError("AC iic_train_mask=True needs batch['label'] (B, H, W) with 255 = ignore; the training "
-                            "dataset gives no labels")
-        if labels.shape != (images.shape[0], *images.shape[2:]):
-            raise DataError(f"batch['label'] has shape {tuple(labels.shape)}, expected "
-                            f"{(images.shape[0], *images.shape[2:])} to match batch['image']")
-        return labels
 
     # -- hooks ---------------------------------------------------------------------------------------
     def configure_optimizer(self) -> torch.optim.Optimizer:

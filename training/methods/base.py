@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from training.errors import UnknownMethodError
+from training.errors import DataError, UnknownMethodError
 from training.typed_config import config_from_dict, config_to_dict  # noqa: F401  (re-exported)
 from usseg_sdk.meta import InputSpec
 
@@ -140,6 +140,31 @@ class Method(nn.Module):
 
 # -- registry -----------------------------------------------------------------------------------------
 _REGISTRY: dict[str, type[Method]] = {}
+
+
+def batch_images(batch: dict[str, Any], method: str, channels: int) -> torch.Tensor:
+    """``batch["image"]`` checked: a float (B, C, H, W) tensor with the configured ``channels``; else DataError."""
+    images = batch.get("image")
+    if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
+        desc = (type(images).__name__ if not isinstance(images, torch.Tensor)
+                else f"{images.dtype} {tuple(images.shape)}")
+        raise DataError(f"{method} needs batch['image'] as a float (B, C, H, W) tensor, got {desc}")
+    if images.shape[1] != channels:
+        raise DataError(f"batch['image'] has {images.shape[1]} channels, {method} is configured for {channels} "
+                        "(method_config.channels)")
+    return images
+
+
+def batch_labels(batch: dict[str, Any], images: torch.Tensor, method: str) -> torch.Tensor:
+    """``batch["label"]`` checked for a method training with IIC's label mask: (B, H, W) like ``images``."""
+    labels = batch.get("label")
+    if not isinstance(labels, torch.Tensor):
+        raise DataError(f"{method} iic_train_mask=True needs batch['label'] (B, H, W) with 255 = ignore; the training "
+                        "dataset gives no labels (data.train.train_labels: true)")
+    if labels.shape != (images.shape[0], *images.shape[2:]):
+        raise DataError(f"batch['label'] has shape {tuple(labels.shape)}, expected "
+                        f"{(images.shape[0], *images.shape[2:])} to match batch['image']")
+    return labels
 
 
 def register_method(name: str) -> Callable[[type[Method]], type[Method]]:

@@ -54,9 +54,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from training.errors import ConfigError, DataError
+from training.errors import ConfigError
 from training.losses.infomax import MEASURES, infoseg_loss
-from training.methods.base import FitContext, Method, MethodConfig, register_method
+from training.methods.base import FitContext, Method, MethodConfig, batch_images, batch_labels, register_method
 from training.nets.infoseg_net import BLOCK_NAMES, InfoSegNet, class_assignment, cluster_logits
 from training.nets.input_adapter import COLOR_ORDER, check_input_config
 from usseg_sdk.meta import InputSpec
@@ -153,7 +153,7 @@ class InfoSeg(Method):
     # -- training ------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], ctx: FitContext) -> dict[str, Any]:
         images = self._check_images(batch, ctx)  # (B, C, H, W)
-        labels = self._check_labels(batch, images) if self.config.iic_train_mask else None
+        labels = batch_labels(batch, images, "InfoSeg") if self.config.iic_train_mask else None
         images, labels = self._random_hflip(images, labels)
         local, globals_ = self.net.features(images)  # (B, C_f, U, V), (B, K, C_f)
         grid = local.shape[2:]
@@ -170,28 +170,11 @@ class InfoSeg(Method):
         return {"loss": loss, **self._logs(loss, probs, tau)}
 
     def _check_images(self, batch: dict[str, torch.Tensor], ctx: FitContext) -> torch.Tensor:
-        images = batch.get("image")
-        if not isinstance(images, torch.Tensor) or images.dim() != 4 or not images.is_floating_point():
-            desc = type(images).__name__ if not isinstance(images, torch.Tensor) else \
-                f"{images.dtype} {tuple(images.shape)}"
-            raise DataError(f"InfoSeg needs batch['image'] as a float (B, C, H, W) tensor, got {desc}")
-        if images.shape[1] != self.config.channels:
-            raise DataError(f"batch['image'] has {images.shape[1]} channels, InfoSeg is configured for "
-                            f"{self.config.channels} (method_config.channels)")
+        images = batch_images(batch, "InfoSeg", self.config.channels)
         if images.shape[0] < 2 and not (self.config.gather_negatives and ctx.distributed):
             raise ConfigError(f"InfoSeg takes its negatives from the other images of the batch: a batch of "
                               f"{images.shape[0]} image has none; use train.batch_size >= 2")
         return images
-
-    def _check_labels(self, batch: dict[str, torch.Tensor], images: torch.Tensor) -> torch.Tensor:
-        labels = batch.get("label")
-        if not isinstance(labels, torch.Tensor):
-            raise DataError("InfoSeg iic_train_mask=True needs batch['label'] (B, H, W) with 255 = ignore; the "
-                            "training dataset gives no labels (data.train.train_labels: true)")
-        if labels.shape != (images.shape[0], *images.shape[2:]):
-            raise DataError(f"batch['label'] has shape {tuple(labels.shape)}, expected "
-                            f"{(images.shape[0], *images.shape[2:])} to match batch['image']")
-        return labels
 
     def _random_hflip(self, images: torch.Tensor, labels: torch.Tensor | None
                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
