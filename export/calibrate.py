@@ -14,14 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from export.errors import ExportError
 from export.onnx_export import one_hot
-from usseg_sdk.calibrate import Calibration, calibrated_meta, class_names_for, find_pairs, fit
+from usseg_sdk.calibrate import Calibration, calibrated_meta, class_names_for, find_pairs, fit, max_label
 from usseg_sdk.config import SegmenterConfig
 from usseg_sdk.meta import MAPPING_INITIALIZER, SCORES_INITIALIZER, ModelMeta
 from usseg_sdk.segmenter import Segmenter
@@ -61,24 +60,13 @@ def calibrate(model_path: Path, options: CalibrationOptions) -> CalibrationResul
     try:
         pairs = find_pairs(options.images, options.masks)
         names = class_names_for(options.class_names, options.labels_file, options.masks)
-        n_classes = len(names) if names else _max_label(pairs, options.ignore_index) + 1
+        n_classes = len(names) if names else max_label(pairs, options.ignore_index) + 1
         names = names or [f"class_{i}" for i in range(n_classes)]
         cal = fit(seg, pairs, n_classes, options.mode, options.ignore_index, names, options.background)
         meta = calibrated_meta(seg.meta, cal, names, options.background, str(options.images), labels_in_graph=True)
     finally:
         seg.close()
     return CalibrationResult(meta, cal)
-
-
-def _max_label(pairs: list[tuple[Path, Path]], ignore_index: int) -> int:
-    top = 0
-    for _, mask_path in pairs:
-        mask = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
-        if mask is None:
-            raise ExportError(f"cannot read mask {mask_path}")
-        values = mask[mask != ignore_index]
-        top = max(top, int(values.max()) if values.size else 0)
-    return top
 
 
 def set_mapping(model: onnx.ModelProto, meta: ModelMeta) -> onnx.ModelProto:

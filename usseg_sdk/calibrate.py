@@ -231,7 +231,7 @@ def run(args: argparse.Namespace) -> int:
     seg = Segmenter(args.model, config=config_from_args(args, clusters=True, scores=False))
     pairs = find_pairs(args.images, args.masks)
     names = class_names_for(args.class_names, args.labels_file, args.masks)
-    n_classes = len(names) if names else _max_label(pairs, args.ignore_index) + 1
+    n_classes = len(names) if names else max_label(pairs, args.ignore_index) + 1
     names = names or [f"class_{i}" for i in range(n_classes)]
     background = None if args.background < 0 else args.background
     cal = fit(seg, pairs, n_classes, args.mode, args.ignore_index, names, background)
@@ -249,7 +249,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _max_label(pairs: list[tuple[Path, Path]], ignore_index: int) -> int:
+def max_label(pairs: list[tuple[Path, Path]], ignore_index: int) -> int:
+    """The largest class id in the masks of ``pairs`` (ignoring ``ignore_index``): the class count is this + 1
+    when no class names are given."""
     top = 0
     for _, mask_path in pairs:
         mask = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
