@@ -79,7 +79,7 @@ from training.evaluation import cluster_confusions  # noqa: E402
 from training.loaders import train_loader  # noqa: E402
 from training.methods.base import FitContext, available_methods, build_method, config_to_dict  # noqa: E402
 from usseg_sdk.atomic import write_bytes_atomic, write_text_atomic  # noqa: E402
-from usseg_sdk.metrics import apply_mapping, hungarian_match, many_to_one_match, segmentation_scores  # noqa: E402
+from usseg_sdk.metrics import apply_mapping, fit_mapping, matching_mode, segmentation_scores  # noqa: E402
 
 log = logging.getLogger("benchmarks.accuracy")
 
@@ -188,51 +188,20 @@ def overlay_ids(root: Path, ids: Sequence[str]) -> list[str]:
 # -- scoring ----------------------------------------------------------------------------------------------------
 def score_heads(eval_counts: dict[str, Any], calibration_counts: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Head -> {"k", "matching", "same_images": scores, "calibration": scores}: the mapping fitted on the eval
-    images themselves, or on the calibration images and applied to the eval images. Hungarian one-to-one when the
-    head has at most as many clusters as classes, else many-to-one (the layout of ``training.baselines``)."""
+    images themselves, or on the calibration images and applied to the eval images (``usseg_sdk.metrics.
+    matching_mode``: Hungarian one-to-one when the head has at most as many clusters as classes, else many-to-one);
+    ``calibration_miou_fit``: the mIoU-fitted many-to-one mapping of the calibration images (protocol (c))."""
     out = {}
     for head, counts in eval_counts.items():
         matrix = _numpy(counts)  # (K, n_classes) [cluster, class]
         k, n_classes = matrix.shape
-        mode = "hungarian" if k <= n_classes else "many_to_one"
-        match = hungarian_match if mode == "hungarian" else many_to_one_match
+        mode = matching_mode(k, n_classes)
         calib = _numpy(calibration_counts[head])
         out[head] = {"k": k, "matching": mode,
-                     "same_images": _mapped(matrix, match(matrix)),
-                     "calibration": _mapped(matrix, match(calib)),
-                     "calibration_miou_fit": _mapped(matrix, miou_fitted_mapping(calib))}
+                     "same_images": _mapped(matrix, fit_mapping(matrix, mode)[0]),
+                     "calibration": _mapped(matrix, fit_mapping(calib, mode)[0]),
+                     "calibration_miou_fit": _mapped(matrix, fit_mapping(calib, "miou")[0])}
     return out
-
-
-def miou_fitted_mapping(calib: np.ndarray, max_sweeps: int = 20) -> np.ndarray:
-    """Many-to-one cluster -> class mapping that maximises the mIoU of the calibration images (not the majority
-    vote): coordinate ascent from the majority mapping, one cluster at a time, until no single change helps.
-
-    Majority voting names a cluster after its most frequent class, so with 88 % background a cluster that holds
-    most of a defect's pixels but also more background goes to background and the defect is never predicted.
-    A line that reports defect IoU names clusters for IoU instead; this uses the calibration labels only."""
-    mapping = many_to_one_match(calib).copy()
-    best = _miou(calib, mapping)
-    for _ in range(max_sweeps):
-        improved = False
-        for k in range(calib.shape[0]):
-            for c in range(calib.shape[1]):
-                if c == mapping[k]:
-                    continue
-                old, mapping[k] = mapping[k], c
-                score = _miou(calib, mapping)
-                if score > best + 1e-12:
-                    best, improved = score, True
-                else:
-                    mapping[k] = old
-        if not improved:
-            break
-    return mapping
-
-
-def _miou(matrix: np.ndarray, mapping: np.ndarray) -> float:
-    miou = segmentation_scores(apply_mapping(matrix, mapping), NEU_CLASSES, background=0).miou
-    return -1.0 if math.isnan(miou) else float(miou)
 
 
 def _mapped(matrix: np.ndarray, mapping: np.ndarray) -> dict[str, Any]:

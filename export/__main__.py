@@ -74,7 +74,8 @@ def _add_calibration_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("cluster-to-class calibration")
     g.add_argument("--calibrate", nargs=2, type=Path, metavar=("IMAGES", "MASKS"),
                    help="fit the mapping on labelled frames (masks: class-id PNGs with the images' names)")
-    g.add_argument("--mapping", choices=MODES, default="auto", help="auto: hungarian when K == classes")
+    g.add_argument("--mapping", choices=MODES, default="auto",
+                   help="auto: hungarian when K <= classes, else many_to_one; miou: many-to-one for the best mIoU")
     g.add_argument("--class-names", help="comma-separated class names, class 0 first (default: labels.txt)")
     g.add_argument("--labels-file", type=Path, help="class names, one per line")
     g.add_argument("--background", type=int, default=0, help="class id that is not a defect (-1: none)")

@@ -2,9 +2,10 @@
 
 The same fit as ``usseg calibrate`` (``usseg_sdk.calibrate``, which uses ``usseg_sdk.metrics``): the freshly
 exported graph (identity mapping) runs on the frames through ``Segmenter``, a [cluster, class] confusion matrix
-is matched one-to-one (Hungarian, ``K == classes``) or many-to-one (``K > classes``, e.g. an over-clustering
-head), and the mapping goes into the metadata and into the graph's two initializers
-(:func:`set_mapping`). Class names come from ``--class-names``, else ``labels.txt`` beside the masks.
+is matched by ``usseg_sdk.metrics.fit_mapping`` (auto: one-to-one Hungarian for ``K <= classes``, many-to-one for
+``K > classes``, e.g. an over-clustering head; or ``miou``), and the mapping goes into the metadata and into the
+graph's two initializers (:func:`set_mapping`). Class names come from ``--class-names``, else ``labels.txt`` beside
+the masks.
 """
 
 from __future__ import annotations
@@ -23,18 +24,19 @@ from export.onnx_export import one_hot
 from usseg_sdk.calibrate import Calibration, calibrated_meta, class_names_for, find_pairs, fit, max_label
 from usseg_sdk.config import SegmenterConfig
 from usseg_sdk.meta import MAPPING_INITIALIZER, SCORES_INITIALIZER, ModelMeta
+from usseg_sdk.metrics import MAPPING_MODES
 from usseg_sdk.segmenter import Segmenter
 
 log = logging.getLogger(__name__)
 
-MODES = ("auto", "hungarian", "many_to_one")
+MODES = ("auto", *MAPPING_MODES)
 
 
 @dataclass(frozen=True)
 class CalibrationOptions:
     images: Path
     masks: Path
-    mode: str = "auto"  # auto: hungarian when K == classes, else many_to_one
+    mode: str = "auto"  # auto: hungarian when K <= classes, else many_to_one (usseg_sdk.metrics.matching_mode)
     class_names: str | None = None  # "a,b,c", class 0 first
     labels_file: Path | None = None
     background: int | None = 0  # class that is not a defect

@@ -40,7 +40,7 @@ from export.errors import ExportError, VerificationError
 from export.onnx_export import PROBS_NAME, TAIL_PREFIX
 from usseg_sdk.config import SegmenterConfig
 from usseg_sdk.meta import ModelMeta
-from usseg_sdk.metrics import ConfusionMatrix, apply_mapping, hungarian_match, many_to_one_match, segmentation_scores
+from usseg_sdk.metrics import ConfusionMatrix, apply_mapping, fit_mapping, segmentation_scores
 from usseg_sdk.segmenter import Segmenter
 from usseg_sdk.sources import IMAGE_SUFFIXES
 
@@ -290,10 +290,9 @@ def _miou(meta: ModelMeta, ref_cm: ConfusionMatrix, model_cm: ConfusionMatrix) -
     n_gt = ref_cm.matrix.shape[1]
     if meta.mapping.kind != "identity" and meta.n_classes == n_gt:
         mapping, how = np.asarray(meta.cluster_to_class), f"model ({meta.mapping.kind})"
-    elif meta.n_clusters <= n_gt:
-        mapping, how = hungarian_match(ref_cm), "hungarian, fitted on the reference"
     else:
-        mapping, how = many_to_one_match(ref_cm), "many_to_one, fitted on the reference"
+        mapping, mode = fit_mapping(ref_cm)
+        how = f"{mode}, fitted on the reference"
     ref = segmentation_scores(apply_mapping(ref_cm, mapping, n_gt)).miou
     model = segmentation_scores(apply_mapping(model_cm, mapping, n_gt)).miou
     return {"miou_reference": _num(ref), "miou_model": _num(model),

@@ -45,7 +45,7 @@ from training.evaluation import cluster_confusions
 from training.methods.base import build_method, config_to_dict
 from training.methods.baselines import KMeansBaseline
 from usseg_sdk.atomic import write_text_atomic
-from usseg_sdk.metrics import apply_mapping, hungarian_match, many_to_one_match, segmentation_scores
+from usseg_sdk.metrics import apply_mapping, fit_mapping, matching_mode, segmentation_scores
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +54,6 @@ Batch = dict[str, torch.Tensor]
 
 
 # -- scoring --------------------------------------------------------------------------------------------------
-def matching_mode(n_clusters: int, n_classes: int) -> str:
-    """One-to-one Hungarian when every cluster can get its own class, else many-to-one."""
-    return "hungarian" if n_clusters <= n_classes else "many_to_one"
-
-
 def score_protocols(eval_counts: Mapping[str, Any], class_names: Sequence[str] | None = None,
                     calibration_counts: Mapping[str, Any] | None = None, background: int | None = 0
                     ) -> dict[str, dict[str, Any]]:
@@ -72,12 +67,12 @@ def score_protocols(eval_counts: Mapping[str, Any], class_names: Sequence[str] |
         matrix = _numpy(counts)  # (K, n_classes)
         k, n_classes = matrix.shape
         mode = matching_mode(k, n_classes)
-        match = hungarian_match if mode == "hungarian" else many_to_one_match
+        own = fit_mapping(matrix, mode)[0]
         entry: dict[str, Any] = {"k": k, "matching": mode,
-                                 "same_images": _mapped_scores(matrix, match(matrix), class_names, background)}
+                                 "same_images": _mapped_scores(matrix, own, class_names, background)}
         if calibration_counts is not None:
             calib = _numpy(calibration_counts[head])
-            entry["calibration"] = _mapped_scores(matrix, match(calib), class_names, background)
+            entry["calibration"] = _mapped_scores(matrix, fit_mapping(calib, mode)[0], class_names, background)
         out[head] = entry
     return out
 

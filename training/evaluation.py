@@ -87,13 +87,13 @@ def score_confusions(counts: dict[str, torch.Tensor], *, class_names: list[str] 
                      warn: bool = True) -> dict[str, Any]:
     """Flat metrics: ``miou``, ``pixel_accuracy``, ``iou`` (list), ``defect_iou`` for the main head;
     ``<head>/miou`` and ``<head>/pixel_accuracy`` for the others."""
-    from usseg_sdk.metrics import evaluate_clusters
+    from usseg_sdk.metrics import evaluate_clusters, matching_mode
 
     out: dict[str, Any] = {}
     for name, matrix in counts.items():
         matrix_np = matrix.cpu().numpy()
         k, n_classes = matrix_np.shape
-        mode = "hungarian" if name == "main" and k == n_classes else "many_to_one"
+        mode = matching_mode(k, n_classes)
         if name == "main" and mode == "many_to_one" and warn:
             log.warning("main head has %d clusters but the labelled split %d classes: scoring it many-to-one",
                         k, n_classes)

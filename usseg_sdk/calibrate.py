@@ -1,10 +1,11 @@
 """``usseg calibrate``: name an unsupervised model's clusters from a few labelled frames — no retraining.
 
 The model's ``clusters`` output is run on the frames; a confusion matrix ``[cluster, class]`` against the masks
-(:class:`usseg_sdk.metrics.ConfusionMatrix`) is matched one-to-one (Hungarian, when there are as many clusters
-as classes) or many-to-one (each cluster to its majority class, for over-clustered models), as in IIC's
-evaluation protocol. The fitted mapping is written into a new model: the ONNX initializers
-``usseg_cluster_to_class`` / ``usseg_class_from_cluster`` and the metadata (embedded and ``model.json``); a
+(:class:`usseg_sdk.metrics.ConfusionMatrix`) is matched by :func:`usseg_sdk.metrics.fit_mapping`: one-to-one
+(Hungarian, when there are at most as many clusters as classes), many-to-one (each cluster to its majority class,
+for over-clustered models), as in IIC's evaluation protocol, or ``miou`` (many-to-one for the best mIoU of the
+labelled frames: the accuracy benchmark's protocol (c)). The fitted mapping is written into a new model: the ONNX
+initializers ``usseg_cluster_to_class`` / ``usseg_class_from_cluster`` and the metadata (embedded and ``model.json``); a
 TensorRT engine cannot be edited, so it is copied with a new ``model.engine.json`` whose ``outputs.labels`` is
 None (the runtime then maps ``clusters`` itself). Rewriting ONNX needs the ``onnx`` package.
 
@@ -36,11 +37,11 @@ from usseg_sdk.errors import UssegError
 from usseg_sdk.meta import MAPPING_INITIALIZER, METADATA_KEY, SCORES_INITIALIZER, ClassInfo, MappingInfo, ModelMeta
 from usseg_sdk.meta import default_palette as palette
 from usseg_sdk.metrics import (
+    MAPPING_MODES,
     ConfusionMatrix,
     SegmentationScores,
     apply_mapping,
-    hungarian_match,
-    many_to_one_match,
+    fit_mapping,
     segmentation_scores,
 )
 from usseg_sdk.sources import IMAGE_SUFFIXES
@@ -107,7 +108,7 @@ def class_names_for(args_names: str | None, labels_file: Path | None, masks: Pat
 # -- fitting -----------------------------------------------------------------------------------------------------
 def fit(seg: Any, pairs: list[tuple[Path, Path]], n_classes: int, mode: str = "auto", ignore_index: int = 255,
         class_names: list[str] | None = None, background: int | None = 0) -> Calibration:
-    """Run the model's clusters on the pairs and fit the mapping (``mode``: auto | hungarian | many_to_one)."""
+    """Run the model's clusters on the pairs and fit the mapping (``mode``: auto or one of ``MAPPING_MODES``)."""
     k = seg.meta.n_clusters
     matrix = ConfusionMatrix(k, n_classes, ignore_index=ignore_index)
     flags = cv2.IMREAD_UNCHANGED if seg.meta.input.channels == 4 else cv2.IMREAD_COLOR
@@ -117,12 +118,10 @@ def fit(seg: Any, pairs: list[tuple[Path, Path]], n_classes: int, mode: str = "a
             raise CalibrationError(f"cannot read image {image_path}")
         result = seg.predict(frame)
         matrix.update(result.clusters, read_mask(mask_path, result.shape))
-    if mode == "auto":
-        mode = "hungarian" if k == n_classes else "many_to_one"
     if mode == "hungarian" and k > n_classes:
         raise CalibrationError(f"hungarian matching needs clusters <= classes, got {k} clusters for {n_classes} "
-                               "classes; use --mode many_to_one")
-    mapping = hungarian_match(matrix) if mode == "hungarian" else many_to_one_match(matrix)
+                               "classes; use --mode many_to_one or miou")
+    mapping, mode = fit_mapping(matrix, mode)
     scores = segmentation_scores(apply_mapping(matrix, mapping, n_classes), class_names=class_names,
                                  background=background)
     return Calibration(mapping, mode, scores, len(pairs), matrix.matrix.copy())
@@ -215,8 +214,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", required=True, type=Path, help="folder of labelled frames")
     p.add_argument("--masks", required=True, type=Path, help="folder of class-id PNG masks (same stems)")
     p.add_argument("--out", "-o", required=True, type=Path, help="new model: a folder, or a path ending in .onnx")
-    p.add_argument("--mode", choices=["auto", "hungarian", "many_to_one"], default="auto",
-                   help="auto: hungarian when clusters == classes, else many_to_one")
+    p.add_argument("--mode", choices=["auto", *MAPPING_MODES], default="auto",
+                   help="auto: hungarian when clusters <= classes, else many_to_one; miou: many-to-one for the best "
+                        "mIoU of the labelled frames (names defect clusters that majority voting gives to background)")
     p.add_argument("--class-names", help="comma-separated class names, class 0 first")
     p.add_argument("--labels-file", type=Path, help="class names, one per line (default: labels.txt by the masks)")
     p.add_argument("--background", type=int, default=0, help="class id that is not a defect (-1: none)")

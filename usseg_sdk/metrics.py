@@ -4,8 +4,11 @@ An unsupervised model outputs cluster ids, not class ids. To score it (or to dep
 classes on labelled pixels, then the matched prediction is scored like a supervised one:
 
 1. :class:`ConfusionMatrix` streams (prediction, ground truth) pixel pairs into counts ``[pred, gt]``.
-2. :func:`hungarian_match` (one-to-one, IIC's "IID" protocol and PiCIE's) or :func:`many_to_one_match` (each
-   cluster to its most frequent class, IIC's over-clustering "IID+" protocol) fits a cluster -> class mapping.
+2. :func:`fit_mapping` fits a cluster -> class mapping: :func:`hungarian_match` (one-to-one, IIC's "IID"
+   protocol and PiCIE's), :func:`many_to_one_match` (each cluster to its most frequent class, IIC's
+   over-clustering "IID+" protocol) or :func:`miou_fitted_match` (many-to-one, chosen for the best mIoU of the
+   labelled pixels: names a defect cluster that majority voting would give to the background). Which one ``"auto"``
+   means is decided by :func:`matching_mode` alone, for training, the benchmarks and ``usseg calibrate``.
 3. :func:`apply_mapping` turns a cluster confusion into a class confusion. The mapping may be fitted on one
    split and applied to another ("name the clusters from a few labelled frames"), or on the same data (IIC).
 4. :func:`segmentation_scores` computes pixel accuracy, per-class IoU / precision / recall / F1, mIoU and the
@@ -181,6 +184,86 @@ def many_to_one_match(matrix: np.ndarray | ConfusionMatrix) -> np.ndarray:
     return np.argmax(_as_counts(matrix), axis=1).astype(np.int64)
 
 
+MAPPING_MODES = ("hungarian", "many_to_one", "miou")  # what fit_mapping fits; "auto" picks one by matching_mode
+
+
+def matching_mode(n_clusters: int, n_classes: int) -> str:
+    """What ``"auto"`` means everywhere: one-to-one Hungarian when every cluster can have a class of its own
+    (``n_clusters <= n_classes``), else each cluster to its majority class.
+
+    Example:
+        >>> matching_mode(4, 4), matching_mode(3, 4), matching_mode(20, 4)
+        ('hungarian', 'hungarian', 'many_to_one')
+    """
+    return "hungarian" if n_clusters <= n_classes else "many_to_one"
+
+
+def miou_fitted_match(matrix: np.ndarray | ConfusionMatrix, max_sweeps: int = 20) -> np.ndarray:
+    """Many-to-one cluster -> class mapping chosen for the mIoU of ``matrix``'s own pixels, not the majority vote.
+
+    Coordinate ascent from :func:`many_to_one_match`: one cluster at a time takes the class that raises the mIoU
+    most, until a sweep changes nothing (or ``max_sweeps``). With 88 % background pixels, a cluster holding most
+    of a defect's pixels but more background still goes to background by majority, and that defect is never
+    predicted; this names it after the defect when that is what the IoU rewards. Deterministic (clusters and
+    classes in id order, strict improvements only). Returns int64 (n_pred,).
+
+    Example:
+        >>> m = np.array([[90, 0], [6, 4], [0, 0]])            # cluster 1: 4 of the 4 defect pixels, 6 background
+        >>> many_to_one_match(m).tolist(), miou_fitted_match(m).tolist()
+        ([0, 0, 0], [0, 1, 0])
+    """
+    counts = _as_counts(matrix).astype(np.float64)
+    mapping = many_to_one_match(counts)
+    best = _mapped_miou(counts, mapping)
+    for _ in range(max_sweeps):
+        improved = False
+        for k in range(counts.shape[0]):
+            for c in range(counts.shape[1]):
+                if c == mapping[k]:
+                    continue
+                old, mapping[k] = mapping[k], c
+                score = _mapped_miou(counts, mapping)
+                if score > best + 1e-12:
+                    best, improved = score, True
+                else:
+                    mapping[k] = old
+        if not improved:
+            break
+    return mapping
+
+
+def fit_mapping(matrix: np.ndarray | ConfusionMatrix, mode: str = "auto") -> tuple[np.ndarray, str]:
+    """Fit a cluster -> class mapping on ``matrix`` ``[pred, gt]``; returns (int64 (n_pred,), the mode used).
+
+    ``mode``: ``"auto"`` (:func:`matching_mode`), ``"hungarian"``, ``"many_to_one"`` or ``"miou"``
+    (:func:`miou_fitted_match`). Hungarian with more clusters than classes raises ``ValueError``.
+
+    Example:
+        >>> mapping, mode = fit_mapping(np.array([[1, 9], [8, 2]]))
+        >>> mapping.tolist(), mode
+        ([1, 0], 'hungarian')
+    """
+    counts = _as_counts(matrix)
+    if mode == "auto":
+        mode = matching_mode(*counts.shape)
+    if mode == "hungarian":
+        return hungarian_match(counts), mode
+    if mode == "many_to_one":
+        return many_to_one_match(counts), mode
+    if mode == "miou":
+        return miou_fitted_match(counts), mode
+    raise ValueError(f"mapping mode must be 'auto' or one of {', '.join(MAPPING_MODES)}, got {mode!r}")
+
+
+def _mapped_miou(counts: np.ndarray, mapping: np.ndarray) -> float:
+    """mIoU (nan-mean over classes in gt or prediction) of ``counts`` under ``mapping``; -1 when undefined."""
+    confusion = apply_mapping(counts, mapping)
+    tp = np.diag(confusion)
+    union = confusion.sum(axis=0) + confusion.sum(axis=1) - tp
+    present = union > 0
+    return float((tp[present] / union[present]).mean()) if present.any() else -1.0
+
+
 def apply_mapping(
     matrix: np.ndarray | ConfusionMatrix, mapping: np.ndarray | Sequence[int], n_classes: int | None = None
 ) -> np.ndarray:
@@ -302,14 +385,14 @@ def segmentation_scores(
 
 def evaluate_clusters(
     matrix: np.ndarray | ConfusionMatrix,
-    mode: Literal["hungarian", "many_to_one"] = "hungarian",
+    mode: Literal["auto", "hungarian", "many_to_one", "miou"] = "hungarian",
     class_names: Sequence[str] | None = None,
     background: int | None = 0,
 ) -> tuple[np.ndarray, SegmentationScores]:
     """Fit a cluster -> class mapping on ``matrix`` ``[pred, gt]`` and score it on the same pixels.
 
-    This is IIC's "IID" protocol (mapping fitted on the evaluation data itself) with ``mode="hungarian"``. To
-    score a held-out split instead, fit with :func:`hungarian_match` / :func:`many_to_one_match` on one matrix
+    This is IIC's "IID" protocol (mapping fitted on the evaluation data itself) with ``mode="hungarian"``; ``mode``
+    is any of :func:`fit_mapping`'s. To score a held-out split instead, fit with :func:`fit_mapping` on one matrix
     and pass ``apply_mapping(other, mapping)`` to :func:`segmentation_scores`.
 
     Example:
@@ -318,12 +401,7 @@ def evaluate_clusters(
         ([1, 0], 0.85)
     """
     counts = _as_counts(matrix)
-    if mode == "hungarian":
-        mapping = hungarian_match(counts)
-    elif mode == "many_to_one":
-        mapping = many_to_one_match(counts)
-    else:
-        raise ValueError(f"mode must be 'hungarian' or 'many_to_one', got {mode!r}")
+    mapping, mode = fit_mapping(counts, mode)
     class_confusion = apply_mapping(counts, mapping, counts.shape[1])
     scores = segmentation_scores(class_confusion, class_names=class_names, background=background)
     log.debug("evaluate_clusters(%s): mapping %s, pixel accuracy %.4f", mode, mapping.tolist(), scores.pixel_accuracy)

@@ -275,7 +275,7 @@ def test_to_dict_is_strict_json():
 
 
 def test_evaluate_clusters_mode_check():
-    with pytest.raises(ValueError, match="mode must be 'hungarian' or 'many_to_one'"):
+    with pytest.raises(ValueError, match="mapping mode must be 'auto' or one of hungarian, many_to_one, miou"):
         evaluate_clusters(np.eye(2, dtype=int), mode="greedy")
 
 
@@ -366,3 +366,45 @@ def test_perfect_prediction_scores_one(gt, perm):
 def test_module_examples_run():
     result = doctest.testmod(metrics)
     assert result.attempted >= 10 and result.failed == 0
+
+
+# -- one matching rule for training, benchmarks and calibration ----------------------------------------------------
+@pytest.mark.parametrize("k, n, mode", [(4, 4, "hungarian"), (3, 4, "hungarian"), (1, 2, "hungarian"),
+                                        (5, 4, "many_to_one"), (20, 4, "many_to_one")])
+def test_matching_mode_is_hungarian_exactly_when_every_cluster_can_have_its_own_class(k, n, mode):
+    assert metrics.matching_mode(k, n) == mode
+    matrix = np.arange(1, k * n + 1).reshape(k, n)
+    assert metrics.fit_mapping(matrix)[1] == mode
+
+
+def test_fewer_clusters_than_classes_are_matched_one_to_one():
+    # 2 clusters, 3 classes: many-to-one would give both clusters class 0; one-to-one gives cluster 1 class 2
+    matrix = np.array([[50, 1, 10], [40, 0, 30]])
+    assert metrics.fit_mapping(matrix)[0].tolist() == [0, 2]
+
+
+def test_miou_fitted_match_names_a_mixed_cluster_after_the_defect_it_holds():
+    # cluster 1 holds 90 of the 100 scratch pixels but also 120 background pixels: the majority vote calls it
+    # background (scratch IoU 0); naming it scratches raises the calibration mIoU
+    calib = np.array([[5000, 0, 0, 10],
+                      [120, 0, 0, 90],
+                      [10, 40, 0, 0],
+                      [0, 0, 60, 0]])
+    assert many_to_one_match(calib).tolist() == [0, 0, 1, 2]
+    fitted, mode = metrics.fit_mapping(calib, "miou")
+    assert (fitted.tolist(), mode) == ([0, 3, 1, 2], "miou")
+
+    def miou(mapping):
+        return segmentation_scores(apply_mapping(calib, mapping)).miou
+
+    assert miou(fitted) > miou(many_to_one_match(calib)) + 0.05
+    assert metrics.miou_fitted_match(np.diag([50, 5, 5, 5])).tolist() == [0, 1, 2, 3]  # already optimal: kept
+    _, scores = evaluate_clusters(calib, mode="miou")
+    assert scores.miou == pytest.approx(miou(fitted))
+
+
+def test_fit_mapping_rejects_an_unknown_mode_and_hungarian_with_too_many_clusters():
+    with pytest.raises(ValueError, match="mapping mode"):
+        metrics.fit_mapping(np.eye(2), "majority")
+    with pytest.raises(ValueError, match="many_to_one"):
+        metrics.fit_mapping(np.ones((3, 2)), "hungarian")
