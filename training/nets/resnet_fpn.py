@@ -23,6 +23,7 @@ from torch import nn
 
 from training.errors import CheckpointError
 from training.nets.resnet import ResNet, StateDictMismatchError, load_torchvision_state_dict, resnet18
+from training.nets.weights import adapt_first_conv, read_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -78,44 +79,6 @@ def from_official_key(key: str) -> str:
     if len(parts) >= 2 and parts[0] == "decoder" and parts[1] in _OFFICIAL_DECODER_NAMES:
         parts[1] = _OFFICIAL_DECODER_NAMES[parts[1]]
     return ".".join(parts)
-
-
-def adapt_first_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
-    """Fit an RGB first-conv weight (O, 3, k, k) to ``in_channels`` inputs.
-
-    1 channel: sum over RGB (a grey image then gives the response of the same grey image repeated on RGB);
-    n > 3: RGB repeated and scaled by 3/n. This is timm's ``adapt_input_conv`` rule.
-    """
-    if weight.shape[1] == in_channels:
-        return weight
-    if weight.shape[1] != 3:
-        raise ValueError(f"cannot adapt a first conv with {weight.shape[1]} input channels to {in_channels}")
-    if in_channels == 1:
-        return weight.sum(dim=1, keepdim=True)
-    reps = -(-in_channels // 3)
-    return weight.repeat(1, reps, 1, 1)[:, :in_channels] * (3.0 / in_channels)
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A tensor dict from ``.safetensors`` or a torch file (``weights_only=True``: no pickle code runs)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: weights file not found (PiCIE never downloads weights; give a local "
-                              f"torchvision resnet18 state dict, .pth or .safetensors)")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # any reader failure means a bad file for the user
-        raise CheckpointError(f"{path}: cannot read weights ({type(err).__name__}: {err})") from err
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path}: expected a dict of tensors (a state dict), got {type(state).__name__}")
-    return state
 
 
 def load_imagenet_backbone(net: ResNetFPN, path: str | Path) -> None:
