@@ -120,7 +120,7 @@ def test_picie_predictions_from_features_and_centroids(parity, name):
 
 
 def test_picie_k27_logged_thing_stuff_quirk(parity):
-    # NOT our API: this reproduces an official bug (SPEC.md "Surprises" 16) to show we understand the logged
+    # NOT our API: this reproduces an official bug (docs/METHODS.md §P16) to show we understand the logged
     # "Table 2" numbers. PiCIE builds new_hist[pred_of(gt)] = hist[gt], so new_hist's rows are in *prediction*
     # order, then slices new_hist[:12, :12] ("thing") and new_hist[12:, 12:] ("stuff"). Those slices are not the
     # 12 thing / 15 stuff ground-truth classes. Our per-class scores (indexed by class) are the correct ones.

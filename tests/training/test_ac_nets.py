@@ -1,5 +1,5 @@
-"""AC nets: grid causality for all 16 orderings (SPEC section 5, 1), the o=0 inference path and to_plain()
-(section 5, 5), masked conv against a direct offset sum, masked attention against explicit math."""
+"""AC nets: grid causality for all 16 orderings (docs/METHODS.md §3.10 check 1), the o=0 inference path and to_plain()
+(§3.10 check 5), masked conv against a direct offset sum, masked attention against explicit math."""
 
 from __future__ import annotations
 
@@ -132,8 +132,8 @@ def test_masked_conv_is_the_sum_over_kept_offsets(oid, mask_type):
 def test_footnote2_shift_pads_top_and_crops_last_row():
     """Paper footnote 2: Shift_1 pads one row on top and crops the last row, then a 3x3 conv (padding 1).
 
-    SPEC A.4's single padding (1, 1, 2, 0) + valid conv equals that on every row but the last, where the crop
-    would also hide the current row from itself; the SPEC form keeps it (same taps on every row).
+    §3.4's single padding (1, 1, 2, 0) + valid conv equals that on every row but the last, where the crop
+    would also hide the current row from itself; that form keeps it (same taps on every row).
     """
     torch.manual_seed(0)
     conv = MaskedConv2d(1, 1, 3, mask_type="B")

@@ -1,4 +1,4 @@
-"""AC orderings: SPEC A.3/A.4 printed tables (masks, paddings), rank maps, the pair sampler (SPEC section 5, 4)."""
+"""AC orderings: docs/METHODS.md §3.3/§3.4 tables (masks, paddings), rank maps, the pair sampler (§3.10 check 4)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from training.nets.orderings import (
     shift_padding,
 )
 
-# SPEC A.4, shifted-frame 3x3 masks (rows = padded-window rows, top to bottom), ids 1-8.
+# docs/METHODS.md §3.4, shifted-frame 3x3 masks (rows = padded-window rows, top to bottom), ids 1-8.
 SPEC_MASKS = {
     1: ([[1, 1, 1], [1, 1, 1], [1, 0, 0]], [[1, 1, 1], [1, 1, 1], [1, 1, 0]]),
     2: ([[1, 1, 1], [1, 1, 1], [0, 0, 1]], [[1, 1, 1], [1, 1, 1], [0, 1, 1]]),
@@ -30,7 +30,7 @@ SPEC_MASKS = {
     7: ([[1, 1, 1], [0, 1, 1], [0, 1, 1]], [[1, 1, 1], [1, 1, 1], [0, 1, 1]]),
     8: ([[0, 1, 1], [0, 1, 1], [1, 1, 1]], [[0, 1, 1], [1, 1, 1], [1, 1, 1]]),
 }
-# SPEC A.3, padding (l, r, t, b) for 3x3.
+# docs/METHODS.md §3.3, padding (l, r, t, b) for 3x3.
 SPEC_PADS = {1: (1, 1, 2, 0), 2: (1, 1, 2, 0), 3: (1, 1, 0, 2), 4: (1, 1, 0, 2),
              5: (2, 0, 1, 1), 6: (2, 0, 1, 1), 7: (0, 2, 1, 1), 8: (0, 2, 1, 1)}
 
@@ -49,7 +49,7 @@ def test_paddings_match_spec_table(oid):
 
 @pytest.mark.parametrize("mask_type", ["A", "B"])
 def test_every_tap_is_seen_under_at_least_6_of_8_raster_orderings(mask_type):
-    """SPEC A.4: no weight index goes untrained with the 8 raster orderings (so no tap is frozen by default)."""
+    """§3.4: no weight index goes untrained with the 8 raster orderings (so no tap is frozen by default)."""
     seen = sum(conv_mask(o, 3, mask_type).astype(int) for o in RASTER_IDS)
     assert seen.min() >= 6, seen
 
@@ -72,7 +72,7 @@ def test_kept_taps_are_exactly_the_predecessors_within_reach(oid, k, mask_type):
     for a, c in itertools.product(range(k), range(k)):
         dy, dx = a - top, c - left
         earlier = ranks[ci + dy, cj + dx] < ranks[ci, cj]
-        if oid in ZIGZAG_IDS:  # convs under zigzag see strictly earlier anti-diagonals only (SPEC A.3)
+        if oid in ZIGZAG_IDS:  # convs under zigzag see strictly earlier anti-diagonals only (docs/METHODS.md §3.3)
             o_sy = 1 if oid in (9, 10, 11, 12) else -1
             o_sx = 1 if oid in (9, 10, 13, 14) else -1
             earlier = o_sy * dy + o_sx * dx < 0

@@ -1,4 +1,4 @@
-"""AC presets: the four SPEC A.7 rows resolve and hold the table's values; ac_cpu trains a step on the sample."""
+"""AC presets: the docs/METHODS.md §3.7 rows resolve and hold the table's values; ac_cpu trains a step on the sample."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from training.data import build_dataset
 from training.methods.ac import AC
 from training.methods.base import FitContext, build_method
 
-# SPEC "AC and InfoSeg" A.7: K, K_over, T, lr, batch, channels into the net's adapter, Sobel.
+# docs/METHODS.md §3.7: K, K_over, T, lr, batch, channels into the net's adapter, Sobel.
 SPEC_ROWS = {
     "ac_cocostuff3": (3, 15, 10, 1e-4, 120, 3, "append"),
     "ac_cocostuff15": (15, 45, 10, 1e-4, 60, 3, "append"),
@@ -27,7 +27,7 @@ def test_paper_presets_match_spec_a7(name):
     c = method.config
     row = (c.n_clusters, c.over_clusters, c.half_T, c.lr, config["train"]["batch_size"], c.channels, c.sobel)
     assert row == SPEC_ROWS[name]
-    # SPEC defaults: λ 1, strict masks, attention (all 16 orderings, grid stride 4), same x for both views, no GT mask
+    # §3.8 defaults: λ 1, strict masks, attention (all 16 orderings, grid stride 4), same x for both views, no GT mask
     assert (c.lamb, c.mode, c.attention, c.stride, c.iic_transforms, c.iic_train_mask) == \
         (1.0, "strict", True, 4, False, False)
     assert len(c.ordering_ids) == 16 and c.head_schedule == "epoch" and c.width == 64 and c.n_blocks == 4

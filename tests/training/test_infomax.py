@@ -79,7 +79,7 @@ def _features(b=4, c=6, p=7, seed=0):
 
 
 def _per_location_dim(local, assigned, measure):
-    """mean over p of DIM's fenchel_dual_loss on the single location p (the SPEC §B.2 identity)."""
+    """mean over p of DIM's fenchel_dual_loss on the single location p (the docs/METHODS.md §4.2 identity)."""
     n_loc = local.shape[2]
     return sum(fenchel_dual_loss(local[:, :, p:p + 1], assigned[:, :, p:p + 1], measure) for p in range(n_loc)) / n_loc
 
@@ -88,7 +88,7 @@ def test_infoseg_loss_is_per_location_dim_jsd_plus_2ln2():
     local, assigned = _features()
     expected = _per_location_dim(local, assigned, "JSD") + 2 * math.log(2)
     assert abs(float(infoseg_loss(local, assigned)) - float(expected)) < 1e-12
-    # the softplus form of SPEC §B.2
+    # the softplus form of docs/METHODS.md §4.2
     scores = torch.einsum("bcp,dcp->bdp", local, assigned)
     eye = torch.eye(4, dtype=torch.bool)
     softplus_form = F.softplus(-scores[eye]).mean() + F.softplus(scores[~eye]).mean()

@@ -171,7 +171,7 @@ def test_distance_bias_logits_rank_like_the_labels(parity):
     c = torch.from_numpy(d["centroids1"])
     labels = nearest_centroid_labels(feats, c)
     assert torch.equal(cluster_logits(feats, c, distance_bias=True).argmax(1), labels)
-    # The official dot-product logits disagree with the labels somewhere on this fixture (surprise 15).
+    # The official dot-product logits disagree with the labels somewhere on this fixture (docs/METHODS.md §P15).
     assert not torch.equal(cluster_logits(feats, c, distance_bias=False).argmax(1), labels)
     assert torch.allclose(F.log_softmax(cluster_logits(feats, c, True), 1),
                           F.log_softmax(0.5 * negative_sq_distance(feats, c), 1), atol=1e-5)

@@ -19,14 +19,14 @@ Labels (fine -> coarse table below; ``classes``):
 
 Protocols (``protocol``; every value below is only a default, any spec key overrides it):
 
-* ``iic`` (SPEC.md 1.2, 1.4): pre-scale 0.33 (INTER_LINEAR / INTER_NEAREST), training = random 128 crops
+* ``iic`` (docs/METHODS.md §1.2, §2.6): pre-scale 0.33 (INTER_LINEAR / INTER_NEAREST), training = random 128 crops
   (zero-padded if smaller) with labels (IIC's loss mask keeps stuff pixels only), evaluation = centre 128 crop;
   "IID" mode: train2017 + val2017 curated lists for training and for evaluation alike.
-* ``picie`` (SPEC.md 4.3, 4.6): training = shorter side 640 + centre 640 crop (PiCIE's base transform; its
+* ``picie`` (docs/METHODS.md §5.4, §5.6): training = shorter side 640 + centre 640 crop (PiCIE's base transform; its
   random resized crops are the method's equivariant views); evaluation = shorter side 320 + centre 320 crop
   (PiCIE's ``round((w - res) / 2)`` offset); train2017 for training, val2017 for evaluation.
 
-Departures from IIC: images are RGB (IIC fed cv2's BGR arrays as RGB; SPEC.md "Surprises" item 7); padded
+Departures from IIC: images are RGB (IIC fed cv2's BGR arrays as RGB; docs/METHODS.md §I7); padded
 label pixels are ignored (IIC padded labels with fine class 0); the pre-scaled image stays float (IIC truncated
 it back to uint8 for PIL's colour jitter, a loss of under 1/255).
 """

@@ -1,4 +1,4 @@
-"""PiCIE's equivariant geometric transform G: resized crop, then flips, as batched tensor ops (SPEC 4.3).
+"""PiCIE's equivariant geometric transform G: resized crop, then flips, as batched tensor ops (docs/METHODS.md §5.4).
 
 Official: janghyuncho/PiCIE ``data/custom_transforms.py`` ``RandomResizedCrop`` (L207-237),
 ``RandomHorizontalTensorFlip`` (L190-203), ``RandomVerticalFlip`` (L173-186); order crop -> h-flip -> v-flip as

@@ -2,7 +2,7 @@
 
 Official code (MIT): github.com/xu-ji/IIC, ``code/utils/segmentation/transforms.py`` (``random_affine`` L91-128,
 ``perform_affine_tf`` L131-143, ``random_translation_multiple`` L146-166) and the pair construction of
-``code/datasets/segmentation/cocostuff.py`` L104-229 (SPEC.md §1.2 items 7-8).
+``code/datasets/segmentation/cocostuff.py`` L104-229 (docs/METHODS.md §2.6 items 7-8).
 
 Convention: an affine ``A`` (B, 2, 3) acts on normalised [-1, 1] output coordinates, ``out(p) = in(A·p)``
 (``affine_grid`` + bilinear ``grid_sample`` with zero padding). View 2 is ``view2 = T(view1)``; the loss

@@ -2,7 +2,7 @@
 
 Images come back as float32 (H, W, C) in [0, 1], channels in RGB order (or grey, or RGBIR), whatever the file
 held: cv2 decodes colour as BGR and this module reorders it. IIC's official loaders passed cv2's BGR arrays on as
-if they were RGB (SPEC.md "Surprises" item 7: hue jitter on swapped channels, grey from RGB weights on BGR data);
+if they were RGB (docs/METHODS.md §I7: hue jitter on swapped channels, grey from RGB weights on BGR data);
 we do not reproduce that, so a model trained here sees true RGB, as the runtime's ``color_order`` says.
 
 Bit depth: 8-bit files are divided by 255 and 16-bit PNG/TIFF by 65535 (the full range of the type, never the

@@ -10,7 +10,7 @@ E_P[pos(T)] over joint (positive) pairs with E_Q[neg(T)] over product-of-margina
 ``E_neg - E_pos`` (minus the MI lower bound). For ``measure="JSD"``: pos(t) = log 2 - softplus(-t),
 neg(t) = softplus(t) - log 2, so the loss is ``mean softplus(-T_pos) + mean softplus(T_neg) - 2 log 2``.
 
-InfoSeg (Harb & Knöbelreiter, GCPR 2021; SPEC "AC and InfoSeg" §B.2) maximises the mean over locations p of
+InfoSeg (Harb & Knöbelreiter, GCPR 2021; docs/METHODS.md §4.2) maximises the mean over locations p of
 I(L(p); S(p)) with this JSD estimator: positives pair L_b(p) with S_b(p) of the same image, negatives pair it with
 S_b'(p) of every other image b' of the batch at the same location. :func:`infoseg_loss` is that objective; it
 equals the mean over p of ``fenchel_dual_loss(L[..., p:p+1], S[..., p:p+1], "JSD") + 2 log 2``.
@@ -136,7 +136,7 @@ def location_mi_estimate(
     class_mask: torch.Tensor | None = None,
     offset: int = 0,
 ) -> torch.Tensor:
-    """InfoSeg's bound on mean_p I(L(p); S(p)): E_pos - E_neg with same-location negatives (SPEC §B.2).
+    """InfoSeg's bound on mean_p I(L(p); S(p)): E_pos - E_neg with same-location negatives (docs/METHODS.md §4.2).
 
     local: (B, C, P); assigned: (B', C, P), B' >= 2. The positive of local[b] is assigned[offset + b]; every other
     image of ``assigned`` at the same location is a negative. B' = B, offset 0 is one batch; B' > B holds S
@@ -183,7 +183,7 @@ def infoseg_loss(
     class_mask: torch.Tensor | None = None,
     offset: int = 0,
 ) -> torch.Tensor:
-    """InfoSeg's loss (SPEC §B.2): minus :func:`location_mi_estimate`, plus 2 log 2 for JSD.
+    """InfoSeg's loss (docs/METHODS.md §4.2): minus :func:`location_mi_estimate`, plus 2 log 2 for JSD.
 
     For JSD this is ``mean_{b,p} softplus(-T[b,b,p]) + mean_{b!=b',p} softplus(T[b,b',p])`` (>= 0); the constant
     only shifts the logged value. local, assigned: (B, C, P); see :func:`location_mi_estimate` for the options.

@@ -4,7 +4,7 @@ Ji, Henriques, Vedaldi, "Invariant Information Clustering for Unsupervised Image
 Segmentation", ICCV 2019: Eq. (1)-(3) (MI of the joint of paired cluster assignments) and Eq. (5) (the
 segmentation objective averaged over the displacements t in Ω). Official code (MIT): github.com/xu-ji/IIC,
 ``code/utils/segmentation/IID_losses.py`` (``IID_segmentation_loss`` L14-83, ``IID_segmentation_loss_uncollapsed``
-L86-159) and ``code/utils/cluster/IID_losses.py`` (``IID_loss``, ``compute_joint``). See SPEC.md §1.1.
+L86-159) and ``code/utils/cluster/IID_losses.py`` (``IID_loss``, ``compute_joint``). See docs/METHODS.md §2.2.
 
 Everything here is a pure function of tensors. Three layers:
 
@@ -57,7 +57,7 @@ def displaced_joint(p1: torch.Tensor, p2: torch.Tensor, half_T: int, impl: Joint
     """Unnormalised joints of all displacements: (B, K, H, W) x2 -> (2T+1, 2T+1, K, K).
 
     ``out[T+sy, T+sx, i, j] = Σ_b Σ_{y,x} p1[b, i, y+sy, x+sx] · p2[b, j, y, x]``, terms outside the map being
-    zero (SPEC.md §1.1 step 4).
+    zero (docs/METHODS.md §2.2 step 4).
     """
     impl = DEFAULT_JOINT if impl is None else impl
     _check_pair(p1, p2)
@@ -136,7 +136,7 @@ def iic_seg_loss(p1: torch.Tensor, p2: torch.Tensor, *, lamb: float = 1.0, half_
         p1, p2: (B, K, H, W) cluster probabilities of view 1 and of view 2 already warped into view 1's frame.
         lamb: λ, the weight of the marginal entropies (1 gives -MI; the paper's head B uses 1.5 on *-3).
         half_T: T, the half side of the displacement window Ω = {-T..T}².
-        mask: (B, H, W) {0, 1} in image-1 coordinates, multiplied into both maps (SPEC.md §1.1 step 3).
+        mask: (B, H, W) {0, 1} in image-1 coordinates, multiplied into both maps (docs/METHODS.md §2.2 step 3).
         uncollapsed: True: mean over displacements of each displacement's -MI (``IID_segmentation_loss_
             uncollapsed``, every paper run). False: -MI of the joint summed over displacements, normalised by a
             detached constant (``IID_segmentation_loss``, the official script's default).

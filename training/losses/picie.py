@@ -11,7 +11,7 @@ cross entropy sum(w[y] * -log softmax_y) / sum(w[y]) over all pixels:
 
 Labels are the nearest centroid in L2 (unnormalised centroids), as k-means assigns. The official logits are the
 plain dot product <f̂, c> (``distance_bias=False``), which can disagree with those labels when centroid norms
-differ (SPEC surprise 15). ``distance_bias=True`` (our default) adds -||c||^2/2, so that
+differ (docs/METHODS.md §P15). ``distance_bias=True`` (our default) adds -||c||^2/2, so that
 z = -||f̂ - c||^2/2 + const: the loss, the labels and the predictions then all rank clusters by distance.
 """
 
@@ -48,7 +48,7 @@ def nearest_centroid_labels(feats_n: torch.Tensor, centroids: torch.Tensor) -> t
 def class_weights(counts: torch.Tensor, proportional: bool = False) -> torch.Tensor:
     """CE class weights from per-cluster pixel counts (K,).
 
-    ``proportional=True`` is the official rule w_k = n_k / sum(n) (SPEC surprise 10: it *up*-weights big
+    ``proportional=True`` is the official rule w_k = n_k / sum(n) (docs/METHODS.md §P10: it *up*-weights big
     clusters although the code calls it balancing). The default is the balancing the paper intends, inverse
     frequency w_k = (1 / n_k) / sum_j(1 / n_j) over non-empty clusters; empty clusters get weight 0 (no pixel
     carries their label, so the value never enters the loss).

@@ -4,33 +4,33 @@ Segmentation", arXiv 2007.08247).
 The two views of an image are the outputs of one network under two different pixel orderings, made with masked
 convolutions (footnote 2's Shift) and masked attention; training maximises the mutual information between the
 two per-pixel cluster distributions. At inference no mask is applied ("fall back to the standard convolution").
-There is no official code; the reference is SPEC.md "AC and InfoSeg" A.1-A.9 (shared/parity), whose proposals
-[P] are the defaults here and each a field of :class:`ACConfig` (SPEC section 4 row in brackets):
+There is no official code; the reference is docs/METHODS.md §3, whose proposals [P] are
+the defaults here and each a field of :class:`ACConfig` (its section and choices-table row in brackets):
 
-* Objective (A.2, A1/A2/A12): IIC's uncollapsed segmentation MI (``training.losses.mutual_info.iic_seg_loss``,
+* Objective (§3.2, §A1/§A2/§A12): IIC's uncollapsed segmentation MI (``training.losses.mutual_info.iic_seg_loss``,
   uncollapsed, identity alignment, all-ones mask) between Φ(x; o1) and Φ(x; o2) at input resolution, ``lamb``
   = 1, displacement window ``half_T`` (10 for COCO and Potsdam-3, 5 for Potsdam-6).
-* Orderings (A.3, A5): (o1, o2) uniform over the ordered pairs with o1 != o2 from ``orderings`` (default: the
+* Orderings (§3.3, §A5): (o1, o2) uniform over the ordered pairs with o1 != o2 from ``orderings`` (default: the
   8 raster scans, all 16 with ``attention``; ids in ``training.nets.orderings``). The reimplementation allows
   o1 = o2, which leaves no invariance signal.
-* Net (A.4-A.6, A3/A4/A6/A7): ``training.nets.autoregressive.AutoregressiveSegNet``; ``mode = "strict"`` (first
+* Net (§3.4-§3.6, §A3/§A4/§A6/§A7): ``training.nets.autoregressive.AutoregressiveSegNet``; ``mode = "strict"`` (first
   masked layer type A, then type B; ``"inclusive"`` = type B everywhere), ``attention = True`` after block 2
   (grid stride 4; stride 2 without attention), widths 64 -> 1024 (``width``, ``n_blocks``). ``head_norm``
-  (BN -> ReLU before the heads, default on) is ours, not SPEC's: without it the un-normalised residual stream
+  (BN -> ReLU before the heads, default on) is ours, not a proposal: without it the un-normalised residual stream
   saturates the initial softmaxes (see ``training.nets.autoregressive``).
-* Views (A.7, A8): both orderings see the same x, h-flipped with ``hflip_p`` before both views (IIC's
+* Views (§3.7, §A8): both orderings see the same x, h-flipped with ``hflip_p`` before both views (IIC's
   preprocessing; the random crop is the dataset's). ``iic_transforms = True`` also gives view 2 IIC's colour
   jitter (``jitter``, ``training.data.photometric``) and horizontal flip (``view_flip_p``; plus IIC's random
   affine with ``iic_affine``) from ``training.data.geometric.paired_view``, undone on Φ(x2; o2) before the loss
   by ``iic_seg_loss_with_affine``, exactly as IIC's method pairs its views.
-* Over-clustering (A.2, A9): an auxiliary head ``"over"`` of ``over_clusters`` clusters (0 = none) with the same
+* Over-clustering (§3.2, §A9): an auxiliary head ``"over"`` of ``over_clusters`` clusters (0 = none) with the same
   loss (``lamb_over``). ``head_schedule`` as IIC's method: ``"epoch"`` (default) alternates the trained head per
   engine epoch, auxiliary first unless ``over_first = False`` (IIC runs both heads in one of its epochs, so two
   engine epochs are one of IIC's); ``"step"`` alternates per optimiser step; ``"both"`` sums both heads' losses
   every step. The idle head has ``requires_grad=False`` for the step (Adam skips it), as in IIC's method.
-* GT mask (shared protocol, S2): off. ``iic_train_mask = True`` keeps only pixels with ``label != 255`` in the
+* GT mask (shared protocol, §S2): off. ``iic_train_mask = True`` keeps only pixels with ``label != 255`` in the
   loss, to compare with IIC's COCO protocol.
-* Inference (A.6, A11): Φ(x; 0), plain convolutions and unmasked attention, BN running statistics as trained
+* Inference (§3.6, §A11): Φ(x; 0), plain convolutions and unmasked attention, BN running statistics as trained
   (gathered under masked passes). :meth:`AC.recalibrate_batchnorm` is the secondary, label-free variant.
 
 Masked weights: taps hidden under this step's orderings get exact zero gradients (``after_backward``), and taps
@@ -76,7 +76,7 @@ class ACConfig(MethodConfig):
     attention: bool = True
     attention_after: int = 2  # AR block after which the attention block sits
     attention_heads: int = 1
-    head_norm: bool = True  # BN -> ReLU before the 1x1 heads (ours; False = SPEC A.6 literally)
+    head_norm: bool = True  # BN -> ReLU before the 1x1 heads (ours; False = docs/METHODS.md §3.6 literally)
     grid_stride: int | None = None  # 2 or 4; None = 4 with attention, 2 without
     mode: str = "strict"  # "strict" (type A first, then B) or "inclusive" (type B everywhere)
     orderings: tuple[int, ...] | None = None  # allowed ids; None = 1-8, plus 9-16 with attention
@@ -299,7 +299,7 @@ class AC(Method):
 
     @torch.no_grad()
     def recalibrate_batchnorm(self, batches: Iterable[dict[str, torch.Tensor]], max_batches: int = 200) -> int:
-        """Label-free BN recalibration on unmasked passes (SPEC A.6 / A11, secondary inference variant).
+        """Label-free BN recalibration on unmasked passes (docs/METHODS.md §3.6 / §A11, secondary variant).
 
         Resets every BN's running statistics and re-estimates them as the plain average over up to
         ``max_batches`` batches of Φ(x; 0) in train mode, without gradients or labels. The running statistics

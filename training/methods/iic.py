@@ -5,7 +5,7 @@ photometrically and geometrically transformed copy, over a window of small displ
 :mod:`training.losses.mutual_info`). Network: SegmentationNet10aTwoHead (:mod:`training.nets.net10a`), head A
 over-clusters (k_A), head B has the evaluated number of clusters (k_B). Official code (MIT): github.com/xu-ji/IIC,
 ``code/scripts/segmentation/segmentation_twohead.py`` and ``code/datasets/segmentation/cocostuff.py``
-(SPEC.md §1.1-1.5).
+(docs/METHODS.md §2).
 
 One training step (official pair construction, batched on the device):
     view 1 = the batch; view 2 = colour jitter, optional random affine, horizontal flip (p = ``flip_p``) of it;
@@ -27,7 +27,7 @@ Other choices where the paper is silent or departs from the code:
     * ``skip_empty_shifts=True`` by default: displacements with no unmasked overlap are dropped instead of
       making the loss NaN (the official behaviour, which parity tests keep as the loss function's default).
     * ``use_label_mask=False`` by default: the official COCO training mask is derived from ground-truth labels
-      (stuff pixels only, SPEC.md §6 item 4); with True, pixels whose ``batch["label"]`` is 255 leave the loss.
+      (stuff pixels only, docs/METHODS.md §I4); with True, pixels whose ``batch["label"]`` is 255 leave the loss.
     * Inference uses sub-head ``inference_sub_head`` (0) of the chosen head; the paper picks the sub-head with
       the best accuracy on the labelled assignment set, which an evaluator can set with
       :meth:`IIC.select_sub_head` (kept in ``extra_state``).

@@ -1,13 +1,13 @@
 """InfoSeg (Harb & Knöbelreiter, GCPR 2021): segmentation by maximising MI between local and class features.
 
 Paper: "InfoSeg: Unsupervised Semantic Image Segmentation with Mutual Information Maximization", arXiv 2110.03477.
-There is no public code. The verified content (SPEC "AC and InfoSeg" §B.1) is: local features L (block C) and K
+There is no public code. The verified content (docs/METHODS.md §4.1) is: local features L (block C) and K
 global features H_k (block D, K = number of classes); segmentation step V_ijk = softmax_k(tau <L_ij, H_k>),
 k_ij = argmax_k V_ijk; MI step S_ij = sum_k V_ijk H_k and max E_X[1/(UV) sum_ij I(L_ij; S_ij)] with Deep
 InfoMax's Jensen-Shannon estimator (Hjelm et al. 2019; ``training.losses.infomax``).
 
-Choices where the paper (as available) is silent. Each is a field of :class:`InfoSegConfig`; the default is SPEC's
-proposal [P], with the row of SPEC's unknowns table (§4) and the reason:
+Choices where the paper (as available) is silent. Each is a field of :class:`InfoSegConfig`; the default is the
+proposal [P] of docs/METHODS.md §4.5, with its row there and the reason:
 
 * ``tau = "inv_sqrt"`` (B1): tau = 1/sqrt(C_f), the scaled dot product, giving O(1) logits at init. Also a
   number (e.g. 1.0), or ``"learnable"`` (log tau is a parameter initialised at 1/sqrt(C_f)). Learnable tau needs
@@ -36,11 +36,11 @@ proposal [P], with the row of SPEC's unknowns table (§4) and the reason:
   none and the step raises. ``True`` gathers S from all ranks (through ``ctx.all_reduce_sum``, differentiable),
   which restores the W*b objective; it needs the same per-rank batch size on every rank (the engine's loader
   gives full batches only), and b = 1 also needs ``train.sync_batchnorm`` (the global MLP's BatchNorm1d).
-* Inputs (SPEC §B.4, "as IIC"): images only divided by 255 (``input_mean`` 0, ``input_std`` 1 per channel); COCO
+* Inputs (§4.4, "as IIC"): images only divided by 255 (``input_mean`` 0, ``input_std`` 1 per channel); COCO
   RGB + Sobel (``sobel = "append"``), Potsdam RGBIR (4 channels).
 
 Inference (:meth:`InfoSeg.inference_net`) is the same network without step 2: V = softmax(tau <L, H_k>) on the
-1/4 grid, bilinearly upsampled to the input size; the argmax of that is SPEC's prediction. The H_k come from
+1/4 grid, bilinearly upsampled to the input size; the argmax of that is the prediction (§4.3). The H_k come from
 global average pooling, so a pixel's cluster depends on the whole frame: predict on frames of the training field
 of view (``native_size``), not on small tiles.
 """

@@ -1,7 +1,7 @@
-"""Encoder-decoder Φ = d ∘ g_ar ∘ h of Autoregressive Clustering (Ouali et al., ECCV 2020), SPEC A.6.
+"""Encoder-decoder Φ = d ∘ g_ar ∘ h of Autoregressive Clustering (Ouali et al., ECCV 2020), docs/METHODS.md §3.6.
 
 The paper gives only "an encoder-decoder type network" with masked convolutions and attention blocks [Q]; the
-layout and widths follow the one reimplementation's h / g_ar / d sections [I], with SPEC's proposals [P]:
+layout and widths follow the one reimplementation's h / g_ar / d sections [I], with our proposals [P]:
 
   h     conv3x3 (C_in -> w, stride s1, pad 1) -> BN -> ReLU -> maxpool 3x3/2 (pad 1); grid stride 2 * s1
   g_ar  masked 3x3 type A (strict; B when inclusive), w -> w, BN, ReLU, no shortcut   <- first masked layer
@@ -17,11 +17,11 @@ Orderings act on h's output grid (input-pixel causality is approximate: h's rece
 reimplementation, on purpose: the first masked layer is type A without shortcut (it includes the current cell
 and wraps the masked conv in an identity shortcut), the block-1 BNs (it has none), kaiming init (it uses
 Xavier), and no hard-coded attention size. ``head_norm`` (BN -> ReLU before the 1x1 heads, on by default) is
-ours, not SPEC's: the residual stream that reaches d has no normalisation and grows with depth (std ~20 at init
+ours, not the proposal's: the residual stream that reaches d has no normalisation and grows with depth (std ~20 at init
 for the default widths), so kaiming-initialised heads start with saturated softmaxes (max probability ~0.98)
 and the MI gradient vanishes; with it the heads see BN-ReLU features as IIC's head does (its trunk ends in
-conv-BN-ReLU). ``head_norm=False`` is SPEC A.6 literally. Train-mode BN mixes positions through batch
-statistics; that leak is accepted (SPEC A.6) and is absent at the grid-causality check, which runs BN in eval mode.
+conv-BN-ReLU). ``head_norm=False`` is the §3.6 proposal literally. Train-mode BN mixes positions through batch
+statistics; that leak is accepted (§3.6) and is absent at the grid-causality check, which runs BN in eval mode.
 """
 
 from __future__ import annotations
@@ -98,13 +98,13 @@ class AutoregressiveSegNet(nn.Module):
                 layers.append(MaskedSelfAttention2d(channels, heads=attention_heads))
         self.trunk = nn.Sequential(*layers)
         self.out_channels = channels
-        # Ours, not SPEC's: BN + ReLU before d (see the module docstring); Identity reproduces SPEC A.6 literally.
+        # Ours, not the proposal's: BN + ReLU before d (module docstring); Identity is docs/METHODS.md §3.6 literally.
         self.head_norm = nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU()) if head_norm else nn.Identity()
         self.heads = nn.ModuleDict({name: nn.Conv2d(channels, k, 1, bias=False) for name, k in heads.items()})
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """SPEC A.6 [P], as IIC: kaiming-normal (fan_in, relu) convs, zero biases, BN weight 1 / bias 0."""
+        """docs/METHODS.md §3.6 [P], as IIC: kaiming-normal (fan_in, relu) convs, zero biases, BN weight 1 / bias 0."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d | MaskedConv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")

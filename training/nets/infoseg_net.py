@@ -1,10 +1,10 @@
 """InfoSeg's network: ResNet encoder, DIM-style local and global projections, and the scaled-softmax segmentation.
 
 Harb & Knöbelreiter, "InfoSeg: Unsupervised Semantic Image Segmentation with Mutual Information Maximization"
-(GCPR 2021). No public code exists; the layout is SPEC "AC and InfoSeg" §B.3, whose only verified parts are
+(GCPR 2021). No public code exists; the layout is docs/METHODS.md §4.3, whose only verified parts are
 "local features from the output projection of block C, K global features from the output projection of block D"
-and the segmentation step V = softmax_k(tau <L_ij, H_k>), S_ij = sum_k V_ijk H_k (§B.1). Everything else is a
-proposal [P] of SPEC, listed with its reason in ``training/methods/infoseg.py``.
+and the segmentation step V = softmax_k(tau <L_ij, H_k>), S_ij = sum_k V_ijk H_k (§4.1). Everything else is a
+proposal [P] (§4.5), listed with its reason in ``training/methods/infoseg.py``.
 
 The local projection follows Deep InfoMax's ``MI1x1ConvNet`` (rdevon/DIM, ``cortex_DIM/nn_modules/mi_networks.py``):
 1x1 -> BN -> ReLU -> 1x1 plus a linear 1x1 shortcut (initialised near the identity when it can be), then
@@ -94,7 +94,7 @@ def class_assignment(local: torch.Tensor, globals_: torch.Tensor, tau: torch.Ten
                      detach: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """InfoSeg's two steps: probabilities V (B, K, P) = softmax_k(tau <L, H_k>) and assigned S (B, C, P) = V^T H.
 
-    local: (B, C, P); globals_: (B, K, C). With ``detach`` (the default two-step reading, SPEC §B.2) V is
+    local: (B, C, P); globals_: (B, K, C). With ``detach`` (the default two-step reading, docs/METHODS.md §4.2) V is
     computed without a graph, so gradients reach L and H only through S = sum_k V_k H_k and the critic, never
     through V; ``detach=False`` back-propagates through V as well (the ``no_detach`` option).
     """
@@ -108,7 +108,7 @@ class InfoSegNet(nn.Module):
     """InputAdapter -> ResNet (cifar stem) -> L from ``local_block``, H from ``global_block``.
 
     ``forward`` is the inference net: (B, C, H, W) in [0, 1] -> cluster probabilities (B, K, H, W), V bilinearly
-    upsampled to the input size (SPEC §B.3 "Prediction"; bilinear weights sum to 1, so the output still sums to
+    upsampled to the input size (§4.3, prediction; bilinear weights sum to 1, so the output still sums to
     1 over K). Only the stages up to the deeper of the two blocks are built.
     """
 

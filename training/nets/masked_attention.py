@@ -1,7 +1,7 @@
 """Self-attention block of Autoregressive Clustering (Ouali et al., ECCV 2020), masked by the ordering's ranks.
 
 The paper only says attention blocks give "a larger receptive field and a larger set of possible orderings"
-[Q]; the design is SPEC A.5 [P]:
+[Q]; the design is docs/METHODS.md §3.5 [P]:
   Q, K, V = 1x1 convs (d_k = d_v = C/2 by default), logits = QᵀK / sqrt(d_head), mask -> softmax over keys,
   out = 1x1(attn · V) (d_v -> C), then concat with x and a 1x1 fuse (2C -> C). No positional encoding.
 Mask: cell p may attend to q iff rank_o(q) <= rank_o(p) (inclusive; the features at q already exclude q in

@@ -1,6 +1,6 @@
 """Masked convolution with footnote 2's Shift, for Autoregressive Clustering (Ouali et al., ECCV 2020).
 
-One shared weight tensor serves every ordering (SPEC A.4): under ordering o the layer zero-pads the input
+One shared weight tensor serves every ordering (docs/METHODS.md §3.4): under ordering o the layer zero-pads the input
 asymmetrically (``shift_padding``), runs a "valid" convolution with ``weight * mask_o``, and so sees only the
 predecessors of each cell (plus the cell itself for type B). With ``ordering = None`` it is the plain
 ``Conv2d(padding=k//2)`` with the full kernel: the paper's inference, "fall back to the standard convolution".
@@ -12,8 +12,8 @@ that robust and keep taps that no allowed ordering ever shows at their initial v
   * :meth:`MaskedConv2d.restore_frozen_` (from ``on_step_end``) writes back the initial values of the taps
     hidden under *every* allowed ordering (:meth:`freeze_never_visible`). Adam's weight decay and momentum move
     an entry even with a zero gradient, so zeroing gradients alone cannot keep it bit-identical.
-With all 8 (or 16) orderings no 3x3 tap is hidden everywhere (each is seen under >= 6 of 8 raster orders, SPEC
-A.4); frozen taps appear when the allowed set is restricted (e.g. ids (1, 2): the type-A tap (2, 1)).
+With all 8 (or 16) orderings no 3x3 tap is hidden everywhere (each is seen under >= 6 of 8 raster orders,
+docs/METHODS.md §3.4); frozen taps appear when the allowed set is restricted (e.g. ids (1, 2): the type-A tap (2, 1)).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Ji, Henriques, Vedaldi, ICCV 2019, supplementary "Architecture". Official code (MIT): github.com/xu-ji/IIC,
 ``code/archs/segmentation/net10a.py`` L13-80, ``net10a_twohead.py``, ``code/archs/cluster/vgg.py`` L4-54
-(SPEC.md §1.3). Module names mirror the official ones so that ``state_dict()`` keys are the official keys
+(docs/METHODS.md §2.5). Module names mirror the official ones so that ``state_dict()`` keys are the official keys
 (``trunk.features.<i>.*``, ``head_A.heads.<s>.0.weight``).
 
 Facts from the official code kept on purpose (do not "fix"):

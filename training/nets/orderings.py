@@ -1,7 +1,7 @@
 """The 16 pixel orderings of Autoregressive Clustering (Ouali, Hudelot, Tami, ECCV 2020, "Autoregressive
 Unsupervised Image Segmentation"): rank maps, Shift paddings and 3x3 (any odd k) masks, and the pair sampler.
 
-There is no official AC code; everything below follows SPEC.md "AC and InfoSeg" A.3-A.5 (shared/parity).
+There is no official AC code; everything below follows docs/METHODS.md §3.3-§3.5.
 
 Ids (canonical, ours; the paper's numbering is unknown and irrelevant because sampling is uniform):
 
@@ -20,18 +20,18 @@ Ids (canonical, ours; the paper's numbering is unknown and irrelevant because sa
                Shift down for top-corner starts, up for bottom-corner starts
 ====  ======  ==========  ============  =========  ====================
 
-Raster ranks (A.3): row-major ``ĩ*W + j̃``, column-major ``j̃*H + ĩ`` with ĩ = i or H-1-i and j̃ = j or W-1-j.
-Zigzag (A.3 [R]+[P], JPEG diagonal scan): visit anti-diagonals d = ĩ + j̃ in increasing order, alternating the
+Raster ranks (§3.3): row-major ``ĩ*W + j̃``, column-major ``j̃*H + ĩ`` with ĩ = i or H-1-i and j̃ = j or W-1-j.
+Zigzag (§3.3 [R]+[P], JPEG diagonal scan): visit anti-diagonals d = ĩ + j̃ in increasing order, alternating the
 direction along consecutive diagonals. "First step horizontal" moves from the start corner along the row (right
 for TL/BL, left for TR/BR), as JPEG's scan does from TL; so on odd d the scan walks with increasing ĩ.
 
-Masks (A.4): tap (a, c) of a k x k kernel in the padded window sees offset (dy, dx) = (a - t_pad, c - l_pad).
+Masks (§3.4): tap (a, c) of a k x k kernel in the padded window sees offset (dy, dx) = (a - t_pad, c - l_pad).
 Keep it iff the offset is a predecessor of the current cell; the centre (0, 0) is kept by type B only.
   row-major: sy*dy < 0, or (dy = 0 and sx*dx < 0);  column-major: the roles of dy and dx swapped;
   zigzag:    sy*dy + sx*dx < 0 (strictly earlier anti-diagonal; attention supplies the in-diagonal order),
 with sy = +1 for T->B (top starts) and sx = +1 for L->R (left starts).
 Id 0 means "no ordering": symmetric padding, full kernel (the paper's inference).
-The reimplementation (Max-Manning/autoregunsupseg) numbers them differently; its id -> ours (SPEC A.8):
+The reimplementation (Max-Manning/autoregunsupseg) numbers them differently; its id -> ours (docs/METHODS.md §3.9):
 1->1, 2->5, 3->2, 4->7, 5->6, 6->3, 7->4, 8->8, and its masks are our type-B masks.
 """
 
@@ -158,7 +158,7 @@ def _half(kernel_size: int) -> int:
 
 # -- sampling -----------------------------------------------------------------------------------------
 def sample_ordering_pair(ids: Sequence[int], generator: torch.Generator | None = None) -> tuple[int, int]:
-    """Uniform over the ordered pairs (o1, o2) of ``ids`` with o1 != o2 (SPEC A.3 [P]).
+    """Uniform over the ordered pairs (o1, o2) of ``ids`` with o1 != o2 (docs/METHODS.md §A5 [P]).
 
     Departs from the reimplementation, which draws both independently and can repeat one: o1 = o2 leaves only
     entropy maximisation, with no invariance signal. Uses the global torch RNG unless ``generator`` is given.

@@ -3,7 +3,7 @@
 Built here because torchvision does not import beside the pinned torch. Parameter names match torchvision's
 ``resnet18`` (``conv1``, ``bn1``, ``layerN.M.conv1`` ... ``downsample.0/1``) so an ImageNet state dict in that
 layout loads with :func:`load_torchvision_state_dict`. ``stem="cifar"`` swaps the 7x7/2 conv + max-pool for a
-3x3/1 conv (InfoSeg's encoder, SPEC B.3); it then has no ImageNet weights.
+3x3/1 conv (InfoSeg's encoder, docs/METHODS.md §4.3); it then has no ImageNet weights.
 """
 
 from __future__ import annotations

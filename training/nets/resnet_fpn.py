@@ -1,4 +1,4 @@
-"""PiCIE's network: ResNet-18 trunk + a 4-level FPN decoder without norm or ReLU (SPEC 4.1).
+"""PiCIE's network: ResNet-18 trunk + a 4-level FPN decoder without norm or ReLU (docs/METHODS.md §5.3).
 
 Official: janghyuncho/PiCIE ``modules/fpn.py`` (``PanopticFPN``, ``FPNDecoder``) and ``modules/backbone.py``.
 The decoder has four 1x1 convs with bias (res5, res4, res3, res2 -> ``out_dim``) and merges top-down with bilinear

@@ -1,4 +1,4 @@
-"""PiCIE's streaming mini-batch k-means in torch, on the device of the points (SPEC 4.5).
+"""PiCIE's streaming mini-batch k-means in torch, on the device of the points (docs/METHODS.md §5.5).
 
 Official: janghyuncho/PiCIE ``commons.py::run_mini_batch_kmeans`` (L52-133), ``utils.py::get_init_centroids``
 (L189-196). Points arrive one loader batch at a time:

@@ -1,7 +1,7 @@
 """PiCIE: Pixel-level feature Clustering using Invariance and Equivariance (Cho, Mall, Bala, Hariharan, CVPR 2021).
 
-Official code: janghyuncho/PiCIE (``train_picie.py``, ``commons.py``, ``data/*``); SPEC.md section 4 and
-"Surprises" 10-15 list what it does. Per epoch (:meth:`PiCIE.on_epoch_start`, Alg. 1 of the paper):
+Official code: janghyuncho/PiCIE (``train_picie.py``, ``commons.py``, ``data/*``); docs/METHODS.md §5 and its
+quirks §P10-§P15 list what it does. Per epoch (:meth:`PiCIE.on_epoch_start`, Alg. 1 of the paper):
 
 1. New per-index view tables (official ``reshuffle()``), seeded from the global torch RNG.
 2. One pass over ``ctx.train_loader``: mini-batch k-means on the L2-normalised features of view 1 and of view 2
@@ -23,14 +23,14 @@ un-augmented images (``eval_centroids="refit"``, the official protocol for the f
 copied from view 1's (``"view1"``, what the official per-epoch evaluation uses).
 
 Official behaviours kept behind flags (defaults follow the paper's intent):
-* ``official_proportional_weights``: CE weights proportional to cluster size (surprise 10); default inverse.
-* ``official_no_grey``: the greyscale augmentation is never applied (surprise 11); default p_grey = 0.2.
-* ``official_blur_sigma``: sigma = |3.8 (u - 0.5) + 0.1| (surprise 12); default U(0.1, 2.0).
+* ``official_proportional_weights``: CE weights proportional to cluster size (§P10); default inverse.
+* ``official_no_grey``: the greyscale augmentation is never applied (§P11); default p_grey = 0.2.
+* ``official_blur_sigma``: sigma = |3.8 (u - 0.5) + 0.1| (§P12); default U(0.1, 2.0).
 * ``official_kmeans_train_mode``: k-means features with BatchNorm in train mode, updating its running
-  statistics (surprise 14); default eval mode.
-* ``official_dot_logits``: logits <f̂, c> while labels are nearest-centroid (surprise 15); default logits
+  statistics (§P14); default eval mode.
+* ``official_dot_logits``: logits <f̂, c> while labels are nearest-centroid (§P15); default logits
   <f̂, c> - ||c||^2/2, whose argmax is the nearest centroid (inference graph included).
-The faiss seed quirk (surprise 13) has no flag: our k-means init is seeded from the global RNG every epoch.
+The faiss seed quirk (§P13) has no flag: our k-means init is seeded from the global RNG every epoch.
 
 Input: 3-channel images are normalised with ImageNet mean/std (the pretrained trunk's); grey (1 channel) with
 their channel average (0.449 / 0.226), and ImageNet weights then get their first conv summed over RGB (a grey
@@ -77,7 +77,7 @@ GREY_MEAN, GREY_STD = 0.449, 0.226  # channel averages of ImageNet's, for grey a
 
 @dataclass
 class PiCIEConfig(MethodConfig):
-    """PiCIE's settings; defaults are the official COCO-Stuff run's (SPEC 4.7) with the paper's intent."""
+    """PiCIE's settings; defaults are the official COCO-Stuff run's (docs/METHODS.md §5.7) with the paper's intent."""
 
     feature_dim: int = 128  # FPN output channels (in_dim)
     backbone_width: int = 64  # ResNet-18 stage widths w, 2w, 4w, 8w; 64 is the paper's (ImageNet weights)

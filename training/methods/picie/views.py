@@ -1,4 +1,4 @@
-"""PiCIE's two views of an image, drawn from per-index random tables regenerated every epoch (SPEC 4.3).
+"""PiCIE's two views of an image, drawn from per-index random tables regenerated every epoch (docs/METHODS.md §5.4).
 
 Official: janghyuncho/PiCIE ``data/coco_train_dataset.py`` (L70-166, ``reshuffle``) and
 ``data/custom_transforms.py``. Every transform parameter is a function of the dataset index for the whole epoch,
@@ -56,8 +56,8 @@ class ViewSettings:
     p_grey: float = 0.2
     p_blur: float = 0.5
     blur_sigma: tuple[float, float] = (0.1, 2.0)
-    official_no_grey: bool = False  # SPEC surprise 11: the official 'grey' flag is never honoured
-    official_blur_sigma: bool = False  # SPEC surprise 12: sigma = |m (u - p) + lo| from the fire uniform u
+    official_no_grey: bool = False  # docs/METHODS.md §P11: the official 'grey' flag is never honoured
+    official_blur_sigma: bool = False  # docs/METHODS.md §P12: sigma = |m (u - p) + lo| from the fire uniform u
 
 
 class ViewTables:
