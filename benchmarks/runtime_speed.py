@@ -70,11 +70,12 @@ PRECISIONS = ("fp32", "int8")
 # The papers' nets (see the module docstring); --picie-set / --iic-set override keys.
 PAPER_CONFIGS: dict[str, dict[str, Any]] = {
     "picie": {"n_clusters": 27, "channels": 3, "backbone_width": 64, "feature_dim": 128},
-    "iic": {"n_clusters": 4, "channels": 1, "sobel": "append", "width": 1.0, "mean": [0.44], "std": [0.20]},
+    "iic": {"n_clusters": 4, "channels": 1, "width": 1.0, "input": {"sobel": "append", "mean": [0.44], "std": [0.20]}},
 }
 QUICK_CONFIGS: dict[str, dict[str, Any]] = {
     "picie": {"n_clusters": 4, "channels": 3, "backbone_width": 8, "feature_dim": 16},
-    "iic": {"n_clusters": 4, "channels": 1, "sobel": "append", "width": 0.0625, "mean": [0.44], "std": [0.20]},
+    "iic": {"n_clusters": 4, "channels": 1, "width": 0.0625,
+            "input": {"sobel": "append", "mean": [0.44], "std": [0.20]}},
 }
 TARGET_OVERHEAD_PCT = 5.0
 TARGET_SPEEDUP = 2.0

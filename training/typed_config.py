@@ -29,8 +29,19 @@ def config_from_dict(cls: type, values: dict[str, Any]) -> Any:
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for key, value in values.items():
-        kwargs[key] = _coerce(hints[key], value, f"{cls.__name__}.{key}")
+        kwargs[key] = _coerce(hints[key], _onto_default(fields[key], value), f"{cls.__name__}.{key}")
     return cls(**kwargs)
+
+
+def _onto_default(field: dataclasses.Field, value: Any) -> Any:
+    """A dict for a nested dataclass field with a default instance overrides that default's fields (a subclass may
+    change a nested default, e.g. IIC's ``input.sobel``), rather than starting from the nested class's defaults."""
+    if not isinstance(value, dict) or field.default_factory is dataclasses.MISSING:
+        return value
+    default = field.default_factory()
+    if not dataclasses.is_dataclass(default):
+        return value
+    return {**dataclasses.asdict(default), **value}
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

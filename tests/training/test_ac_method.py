@@ -237,10 +237,10 @@ def test_recalibrate_batchnorm_averages_unmasked_passes():
 
 
 def test_input_spec():
-    spec = _method(channels=3, sobel="append").input_spec()
+    spec = _method(channels=3, input={"sobel": "append"}).input_spec()
     assert (spec.channels, spec.color_order, spec.sobel, spec.stride) == (3, "rgb", True, 4)
     assert _method(attention=False).input_spec().stride == 2
-    assert _method(channels=4, native_size=200).input_spec().native_size == (200, 200)
+    assert _method(channels=4, input={"native_size": 200}).input_spec().native_size == (200, 200)
 
 
 @pytest.mark.parametrize(("overrides", "match"), [

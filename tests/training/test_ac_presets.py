@@ -25,7 +25,7 @@ def test_paper_presets_match_spec_a7(name):
     method = build_method(config["method"], config["method_config"])
     assert isinstance(method, AC)
     c = method.config
-    row = (c.n_clusters, c.over_clusters, c.half_T, c.lr, config["train"]["batch_size"], c.channels, c.sobel)
+    row = (c.n_clusters, c.over_clusters, c.half_T, c.lr, config["train"]["batch_size"], c.channels, c.input.sobel)
     assert row == SPEC_ROWS[name]
     # §3.8 defaults: λ 1, strict masks, attention (all 16 orderings, grid stride 4), same x for both views, no GT mask
     assert (c.lamb, c.mode, c.attention, c.stride, c.iic_transforms, c.iic_train_mask) == \

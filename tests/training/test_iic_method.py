@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training.errors import ConfigError
+from training.errors import ConfigError, DataError
 from training.methods import FitContext, available_methods, build_method
 from training.methods.iic import IIC, IICConfig
 
@@ -102,7 +102,7 @@ def test_a_short_fit_on_two_textures_lowers_the_loss():
 
 def test_inference_net_probabilities_at_input_resolution_and_predict():
     torch.manual_seed(0)
-    method = build_method("iic", {**SMALL, "num_sub_heads": 2, "mean": (0.44,), "std": (0.2,)}).eval()
+    method = build_method("iic", {**SMALL, "num_sub_heads": 2, "input": {"mean": (0.44,), "std": (0.2,)}}).eval()
     x = torch.rand(2, 1, 22, 26)
     net = method.inference_net("main")
     with torch.no_grad():
@@ -122,7 +122,8 @@ def test_inference_net_probabilities_at_input_resolution_and_predict():
 
 
 def test_input_spec_and_extra_state_round_trip():
-    method = build_method("iic", {**SMALL, "channels": 3, "sobel": "append", "input_size": 128, "num_sub_heads": 3})
+    method = build_method("iic", {**SMALL, "channels": 3, "input": {"sobel": "append", "native_size": 128},
+                                  "num_sub_heads": 3})
     spec = method.input_spec()
     assert (spec.channels, spec.color_order, spec.sobel, spec.stride, spec.min_size) == (3, "rgb", True, 2, 10)
     assert spec.native_size == (128, 128) and spec.mean == (0.0, 0.0, 0.0) and spec.std == (1.0, 1.0, 1.0)
@@ -157,15 +158,15 @@ def test_label_mask_excludes_ignored_pixels():
         method.training_step({"image": torch.rand(2, 1, 20, 20)}, _ctx())
 
 
-def test_bad_config_and_batches_raise_config_errors():
+def test_bad_config_and_batches_raise_clear_errors():
     with pytest.raises(ConfigError, match="sobel"):
-        build_method("iic", {"sobel": "both"})
+        build_method("iic", {"input": {"sobel": "both"}})
     with pytest.raises(ConfigError, match="mean needs 3"):
-        build_method("iic", {"channels": 3, "mean": (0.5,)})
+        build_method("iic", {"channels": 3, "input": {"mean": (0.5,)}})
     with pytest.raises(ConfigError, match="head_schedule"):
         build_method("iic", {"head_schedule": "sometimes"})
     method = build_method("iic", SMALL)
-    with pytest.raises(ConfigError, match="3 channels"):
+    with pytest.raises(DataError, match="has 3 channels, IIC is configured for 1"):
         method.training_step({"image": torch.rand(2, 3, 20, 20)}, _ctx())
     with pytest.raises(ConfigError, match="at least 10"):
         method.training_step({"image": torch.rand(2, 1, 8, 20)}, _ctx())
@@ -180,12 +181,12 @@ def test_presets_build_and_match_their_paper_rows(name):
     preset = yaml.safe_load((ROOT / "training" / "presets" / f"{name}.yaml").read_text())
     method = build_method(preset["method"], preset["method_config"])
     c = method.config
-    assert preset["data"]["train"]["crop"] == c.input_size and preset["data"]["train"]["channels"] == c.channels
+    assert preset["data"]["train"]["crop"] == c.input.native_size and preset["data"]["train"]["channels"] == c.channels
     paper = {"iic_cocostuff3": (3, 15, 1.5, 10, 1e-4, 120), "iic_cocostuff15": (15, 45, 1.0, 10, 1e-4, 60),
              "iic_potsdam3": (3, 24, 1.5, 10, 1e-5, 75), "iic_potsdam6": (6, 36, 1.0, 5, 1e-6, 60)}
     if name in paper:
         assert (c.n_clusters, c.over_clusters, c.lamb_B, c.half_T, c.lr, preset["train"]["batch_size"]) == paper[name]
         assert c.uncollapsed and c.width == 1.0 and c.num_sub_heads == 1 and not c.use_random_affine
-        assert c.sobel == ("append" if "coco" in name else "off")
+        assert c.input.sobel == ("append" if "coco" in name else "off")
     else:
         assert method.input_spec().mean == (0.44,) and c.width < 1.0

@@ -99,7 +99,7 @@ def test_method_loss_is_per_location_dim_jsd_plus_2ln2():
     {},
     {"no_detach": True, "tau": "learnable", "negatives": "batch+classes"},
     {"local_block": "B", "global_block": "C", "tau": 1.0},
-    {"channels": 3, "sobel": "append", "measure": "GAN"},
+    {"channels": 3, "input": {"sobel": "append"}, "measure": "GAN"},
 ])
 def test_one_step_is_finite_and_reaches_every_parameter(overrides):
     method = _method(**overrides)
@@ -183,7 +183,7 @@ def test_inference_net_upsamples_v_and_predict_is_its_argmax():
 
 
 def test_input_spec_follows_the_config():
-    spec = _method(channels=3, sobel="append", native_size=128).input_spec()
+    spec = _method(channels=3, input={"sobel": "append", "native_size": 128}).input_spec()
     assert (spec.channels, spec.color_order, spec.sobel, spec.stride, spec.native_size) == (3, "rgb", True, 8,
                                                                                              (128, 128))
     assert spec.mean == (0.0,) * 3 and spec.std == (1.0,) * 3
@@ -198,7 +198,7 @@ def test_input_spec_follows_the_config():
     ({"local_block": "E"}, "local_block must be one of"),
     ({"negatives": "all"}, "negatives must be"),
     ({"channels": 2}, "channels must be 1"),
-    ({"input_mean": [0.5, 0.5]}, "input_mean needs 1 values"),
+    ({"input": {"mean": [0.5, 0.5]}}, "input.mean needs 1 values"),
     ({"blocks_per_stage": [2, 2]}, "needs 4 positive counts"),
     ({"heads": 2}, "has no field"),
 ])
@@ -251,4 +251,4 @@ def test_preset_builds_and_matches_its_dataset(path):
     if "classes" in train:
         assert cfg.n_clusters == train["classes"]
     assert preset["train"]["batch_size"] >= 2  # negatives come from the other images of the batch
-    assert method.input_spec().native_size == (cfg.native_size, cfg.native_size)
+    assert method.input_spec().native_size == (cfg.input.native_size, cfg.input.native_size)

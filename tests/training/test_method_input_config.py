@@ -11,11 +11,11 @@ import torch
 from training.errors import ConfigError
 from training.methods.base import FitContext, build_method
 
-OWNERS = {"ac": "ACConfig", "infoseg": "InfoSegConfig"}
+OWNERS = {"ac": "ACConfig", "infoseg": "InfoSegConfig", "iic": "IICConfig", "picie": "PiCIEConfig"}
 BAD = [({"channels": 2}, "channels must be 1 (grey), 3 (RGB) or 4 (RGBIR), got 2"),
-       ({"sobel": "both"}, "sobel must be 'off', 'append' or 'replace', got 'both'"),
-       ({"channels": 3, "input_mean": [0.5]}, "input_mean needs 3 values, got (0.5,)"),
-       ({"channels": 1, "input_std": [0.0]}, "input_std must be positive, got (0.0,)")]
+       ({"input": {"sobel": "both"}}, "input.sobel must be 'off', 'append' or 'replace', got 'both'"),
+       ({"channels": 3, "input": {"mean": [0.5]}}, "input.mean needs 3 values, got (0.5,)"),
+       ({"channels": 1, "input": {"std": [0.0]}}, "input.std must be positive, got (0.0,)")]
 
 
 @pytest.mark.parametrize("method", sorted(OWNERS))
@@ -28,8 +28,8 @@ def test_bad_input_field_names_the_config_and_the_field(method, fields, message)
 
 @pytest.mark.parametrize("method", sorted(OWNERS))
 def test_valid_input_fields_build(method):
-    m = build_method(method, {"channels": 3, "sobel": "off", "input_mean": [0.4, 0.4, 0.4],
-                              "input_std": [0.2, 0.2, 0.2]})
+    m = build_method(method, {"channels": 3, "input": {"sobel": "off", "mean": [0.4, 0.4, 0.4],
+                                                       "std": [0.2, 0.2, 0.2]}})
     assert m.config.channels == 3 and m.input_spec().color_order == "rgb"
 
 
@@ -69,3 +69,30 @@ def test_a_method_step_rejects_a_batch_of_the_wrong_channels(method):
     ctx = FitContext(device=torch.device("cpu"))
     with pytest.raises(DataError, match="3 channels"):
         m.training_step({"image": torch.rand(2, 3, 32, 32)}, ctx)
+
+
+# -- one input dataclass for every method; the flat keys of earlier configs still load (saved checkpoints) -------
+@pytest.mark.parametrize(("method", "old"), [
+    ("iic", {"mean": [0.44], "std": [0.2], "sobel": "off", "input_size": 64}),
+    ("ac", {"input_mean": [0.44], "input_std": [0.2], "sobel": "off", "native_size": 64}),
+    ("infoseg", {"input_mean": [0.44], "input_std": [0.2], "sobel": "off", "native_size": 64}),
+    ("kmeans", {"per_image_norm": True}),
+])
+def test_legacy_flat_input_keys_land_in_the_input_block(method, old, caplog):
+    config = build_method(method, old).config
+    assert "old config keys" in caplog.text
+    if method == "kmeans":
+        assert config.input.per_image_norm
+        return
+    assert (config.input.mean, config.input.std, config.input.sobel, config.input.native_size) == (
+        (0.44,), (0.2,), "off", 64)
+
+
+def test_picie_input_size_was_the_view_size():
+    assert build_method("picie", {"input_size": 48}).config.view_size == 48
+
+
+def test_a_partial_input_block_keeps_the_methods_other_input_defaults():
+    assert build_method("iic", {}).config.input.sobel == "append"  # IIC's Sobel default
+    assert build_method("iic", {"input": {"mean": [0.4]}}).config.input.sobel == "append"
+    assert build_method("ac", {"input": {"mean": [0.4]}}).config.input.sobel == "off"

@@ -139,8 +139,8 @@ def test_views_are_equivariant_on_a_translation_equivariant_toy():
     assert float((f1 - unaligned).abs().max()) > 0.2 * value_range
 
 
-def test_real_views_align_in_shape_with_an_input_size():
-    method = build_method("picie", {**SMALL, "input_size": 48})
+def test_real_views_align_in_shape_with_a_view_size():
+    method = build_method("picie", {**SMALL, "view_size": 48})
     method.tables = ViewTables(4, seed=0)
     view1, view2, geo = method.make_views(torch.rand(4, 1, 64, 64), torch.arange(4))
     assert view1.shape == view2.shape == (4, 1, 48, 48)
@@ -166,7 +166,7 @@ def test_config_and_batch_errors_are_clear():
     method.tables = ViewTables(2, seed=0)
     with pytest.raises(DataError, match=r"\[0, 2\)"):
         method.training_step({**batch, "index": torch.tensor([0, 5])}, _ctx())
-    with pytest.raises(TrainingError, match=r"\(B, 1, H, W\)"):
+    with pytest.raises(TrainingError, match=r"has 3 channels, PiCIE is configured for 1"):
         method.training_step({**batch, "image": torch.rand(2, 3, 32, 32)}, _ctx())
     no_len = FitContext(device=torch.device("cpu"), train_loader=[batch])
     with pytest.raises(TrainingError, match="length"):

@@ -27,7 +27,7 @@ def test_preset_builds_its_method(name, k, heads):
 def test_paper_preset_matches_the_official_run():
     preset = yaml.safe_load((PRESETS / "picie_cocostuff27.yaml").read_text(encoding="utf-8"))
     c, t = preset["method_config"], preset["train"]
-    assert (c["lr"], c["weight_decay"], c["input_size"], c["feature_dim"]) == (1.0e-4, 0.0, 320, 128)
+    assert (c["lr"], c["weight_decay"], c["view_size"], c["feature_dim"]) == (1.0e-4, 0.0, 320, 128)
     assert (t["epochs"], t["batch_size"], t["seed"]) == (10, 128, 1)
     # 20 init batches of 256 images and one update per 256 images, with 128-image batches.
     assert c["kmeans_init_batches"] * t["batch_size"] == 20 * 256

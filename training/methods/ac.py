@@ -55,7 +55,7 @@ from training.errors import ConfigError, DataError
 from training.losses.mutual_info import iic_seg_loss, iic_seg_loss_with_affine
 from training.methods.base import FitContext, Method, MethodConfig, batch_images, batch_labels, register_method
 from training.nets.autoregressive import AutoregressiveSegNet
-from training.nets.input_adapter import COLOR_ORDER, InputAdapter, check_input_config
+from training.nets.input_adapter import InputAdapter
 from training.nets.masked_conv import MaskedConv2d
 from training.nets.orderings import ALL_IDS, RASTER_IDS, ZIGZAG_IDS, sample_ordering_pair, use_ordering
 from usseg_sdk.meta import InputSpec
@@ -93,12 +93,6 @@ class ACConfig(MethodConfig):
     jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.125)  # brightness, contrast, saturation, hue
     view_flip_p: float = 0.5  # h-flip of view 2 with iic_transforms
     iic_affine: bool = False  # with iic_transforms: IIC's random affine of view 2 (off in every IIC paper run)
-    # input
-    sobel: str = "off"  # "off", "append" (RGB+Sobel, IIC's COCO) or "replace"
-    input_mean: tuple[float, ...] | None = None  # per channel; None = 0 (IIC: /255 only)
-    input_std: tuple[float, ...] | None = None  # per channel; None = 1
-    per_image_norm: bool = False  # standardise each frame by its own mean/std instead (not in the paper)
-    native_size: int | None = None  # training crop side, reported as InputSpec.native_size
 
     def __post_init__(self) -> None:
         self._check_net()
@@ -141,7 +135,7 @@ class ACConfig(MethodConfig):
             raise ConfigError(f"ACConfig.jitter needs 4 non-negative strengths, got {self.jitter}")
 
     def _check_input(self) -> None:
-        check_input_config("ACConfig", self.channels, self.sobel, self.input_mean, self.input_std)
+        self.input.check("ACConfig", self.channels)
 
     @property
     def ordering_ids(self) -> tuple[int, ...]:
@@ -153,13 +147,6 @@ class ACConfig(MethodConfig):
     def stride(self) -> int:
         return self.grid_stride or (4 if self.attention else 2)
 
-    @property
-    def mean(self) -> tuple[float, ...]:
-        return self.input_mean if self.input_mean is not None else (0.0,) * self.channels
-
-    @property
-    def std(self) -> tuple[float, ...]:
-        return self.input_std if self.input_std is not None else (1.0,) * self.channels
 
 
 class ACInferenceNet(nn.Module):
@@ -183,7 +170,7 @@ class AC(Method):
     def __init__(self, config: ACConfig):
         super().__init__(config)
         c = config
-        self.adapter = InputAdapter(c.mean, c.std, c.sobel, per_image=c.per_image_norm)
+        self.adapter = c.input.adapter(c.channels)
         heads = {"main": c.n_clusters} | ({"over": c.over_clusters} if c.over_clusters else {})
         self.net = AutoregressiveSegNet(self.adapter.out_channels, heads, width=c.width, n_blocks=c.n_blocks,
                                         grid_stride=c.stride, attention=c.attention,
@@ -335,10 +322,7 @@ class AC(Method):
     def input_spec(self) -> InputSpec:
         """Stride = grid stride (2 or 4): h's output grid then tiles the frame exactly. min_size: one cell."""
         c = self.config
-        n = c.native_size
-        return InputSpec(channels=c.channels, color_order=COLOR_ORDER[c.channels], mean=c.mean, std=c.std,
-                         normalized_in_graph=True, sobel=c.sobel != "off", stride=c.stride, min_size=c.stride,
-                         native_size=(n, n) if n else None)
+        return c.input.spec(c.channels, stride=c.stride, min_size=c.stride, normalized_in_graph=True)
 
     def eval_heads(self) -> dict[str, int]:
         heads = {"main": self.config.n_clusters}

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from training.errors import DataError, UnknownMethodError
+from training.nets.input_adapter import LEGACY_INPUT_KEYS, InputConfig, migrate_legacy_keys
 from training.typed_config import config_from_dict, config_to_dict  # noqa: F401  (re-exported)
 from usseg_sdk.meta import InputSpec
 
@@ -38,6 +39,10 @@ class MethodConfig:
     channels: int = 1  # 1 grey or 3 RGB input channels (4 for RGBIR)
     lr: float = 1e-4
     weight_decay: float = 0.0
+    input: InputConfig = field(default_factory=InputConfig)  # normalisation, Sobel, native size (every method)
+
+    # Keys of earlier config versions -> their place now (a checkpoint's saved config stays loadable).
+    legacy_keys: ClassVar[dict[str, str]] = LEGACY_INPUT_KEYS
 
 
 @dataclass
@@ -197,5 +202,6 @@ def build_method(name: str, config: dict[str, Any] | MethodConfig | None = None)
     """Build a registered method from its config (a dict of overrides, or the config dataclass)."""
     cls = get_method_class(name)
     if not isinstance(config, MethodConfig):
-        config = config_from_dict(cls.config_class, config or {})
+        values = migrate_legacy_keys(dict(config or {}), cls.config_class.legacy_keys, cls.config_class.__name__)
+        config = config_from_dict(cls.config_class, values)
     return cls(config)

@@ -59,15 +59,12 @@ from training.errors import ConfigError, TrainingError
 from training.evaluation import pad_to_multiple
 from training.methods.base import FitContext, Method, MethodConfig, register_method
 from training.methods.picie.kmeans import MiniBatchKMeans, assign
-from training.nets.input_adapter import InputAdapter
+from training.nets.input_adapter import InputAdapter, imagenet_normalisation
 from training.nets.resnet_fpn import ResNetFPN
 from usseg_sdk.meta import InputSpec
 
 logger = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-GREY_MEAN, GREY_STD = 0.449, 0.226  # channel averages of ImageNet's (PiCIE's grey normalisation)
 _COLOR_ORDER = {1: "gray", 3: "rgb"}
 PIXEL_FEATURES = ("pixel", "patch", "local_stats")
 
@@ -80,7 +77,6 @@ class KMeansBaselineConfig(MethodConfig):
     features: str = "pixel"  # "pixel" (headline), "patch" or "local_stats" (variants)
     patch_size: int = 3  # neighbourhood side for "patch" / "local_stats" (odd)
     temperature: float = 1.0  # probabilities = softmax(-squared distance / temperature)
-    per_image_norm: bool = False  # standardise each frame by its own mean/std first (InputAdapter per_image)
     seed: int | None = None  # null = global torch RNG; int = this seed alone decides the fit
     pixels_per_image: int | None = 256  # random pixels each image gives k-means; null = every pixel
     kmeans_max_points: int = 200_000  # bound on the pooled points k-means clusters
@@ -218,8 +214,7 @@ class KMeansBaseline(Method):
 
     def __init__(self, config: KMeansBaselineConfig):
         super().__init__(config)
-        mean, std = normalisation(config.channels)
-        self.adapter = InputAdapter(mean, std, per_image=config.per_image_norm)
+        self.adapter = config.input.adapter(config.channels, normalisation(config.channels))
         with seeded_rng(config.seed):
             self.features = self.build_features()
         self.features.requires_grad_(False).eval()
@@ -349,10 +344,8 @@ class KMeansBaseline(Method):
 
     def input_spec(self) -> InputSpec:
         c = self.config
-        mean, std = normalisation(c.channels)
         min_size = 1 if c.features == "pixel" else c.patch_size // 2 + 1  # reflect padding needs pad < size
-        return InputSpec(channels=c.channels, color_order=_COLOR_ORDER[c.channels], mean=mean, std=std,  # type: ignore[arg-type]
-                         stride=1, min_size=min_size)
+        return c.input.spec(c.channels, stride=1, min_size=min_size, default=normalisation(c.channels))
 
 
 @register_method("random_cnn")
@@ -373,15 +366,13 @@ class RandomCNNBaseline(KMeansBaseline):
 
     def input_spec(self) -> InputSpec:
         c = self.config
-        mean, std = normalisation(c.channels)
-        return InputSpec(channels=c.channels, color_order=_COLOR_ORDER[c.channels], mean=mean, std=std,  # type: ignore[arg-type]
-                         stride=32, min_size=32)
+        return c.input.spec(c.channels, stride=32, min_size=32, default=normalisation(c.channels))
 
 
 # -- small pieces -------------------------------------------------------------------------------------------
 def normalisation(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The InputAdapter's mean/std: PiCIE's grey channel average for 1 channel, ImageNet's for RGB."""
-    return ((GREY_MEAN,), (GREY_STD,)) if channels == 1 else (IMAGENET_MEAN, IMAGENET_STD)
+    """The InputAdapter's default mean/std: PiCIE's grey channel average for 1 channel, ImageNet's for RGB."""
+    return imagenet_normalisation(channels)
 
 
 @contextlib.contextmanager

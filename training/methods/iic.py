@@ -31,16 +31,16 @@ Other choices where the paper is silent or departs from the code:
     * Inference uses sub-head ``inference_sub_head`` (0) of the chosen head; the paper picks the sub-head with
       the best accuracy on the labelled assignment set, which an evaluator can set with
       :meth:`IIC.select_sub_head` (kept in ``extra_state``).
-    * Normalisation: IIC only divides by 255 (mean 0, std 1, the default); ``mean``/``std`` set a per-channel
-      normalisation inside the net (the NEU-Seg preset uses its grey statistics). Sobel is computed on the
+    * Normalisation: IIC only divides by 255 (mean 0, std 1, the default); ``input.mean``/``input.std`` set a
+      per-channel normalisation inside the net (the NEU-Seg preset uses its grey statistics). Sobel is computed on the
       un-normalised grey image (:class:`~training.nets.input_adapter.InputAdapter`).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -49,8 +49,8 @@ from training.data.geometric import AffineRange, paired_view
 from training.data.photometric import PhotometricConfig, photometric_augment
 from training.errors import ConfigError
 from training.losses.mutual_info import JOINT_IMPLS, iic_seg_loss_with_affine
-from training.methods.base import FitContext, Method, MethodConfig, register_method
-from training.nets.input_adapter import COLOR_ORDER, InputAdapter
+from training.methods.base import FitContext, Method, MethodConfig, batch_images, register_method
+from training.nets.input_adapter import LEGACY_INPUT_KEYS, InputConfig
 from training.nets.net10a import STRIDE, Net10aInferenceNet, SegmentationNet10aTwoHead, min_input_size
 from usseg_sdk.meta import InputSpec
 
@@ -73,10 +73,8 @@ class IICConfig(MethodConfig):
     half_T: int = 10  # displacement window half side [half_T_side_dense]
     uncollapsed: bool = True  # [use_uncollapsed_loss], on in every paper run
     skip_empty_shifts: bool = True  # False reproduces the official NaN on displacements without overlap
-    sobel: str = "append"  # "off" | "append" (image + dx, dy) | "replace" (dx, dy only) [no_sobel]
-    mean: tuple[float, ...] | None = None  # per input channel; None: 0 (IIC only divides by 255)
-    std: tuple[float, ...] | None = None  # per input channel; None: 1
-    per_image_norm: bool = False  # standardise each frame by its own mean/std instead (not in the paper)
+    # normalisation (None: 0 / 1, IIC only divides by 255), Sobel [no_sobel: "append" = image + dx, dy], native size
+    input: InputConfig = field(default_factory=lambda: InputConfig(sobel="append"))
     jitter_brightness: float = 0.4  # [jitter_brightness] (Potsdam runs: 0.1 each)
     jitter_contrast: float = 0.4
     jitter_saturation: float = 0.4
@@ -94,7 +92,8 @@ class IICConfig(MethodConfig):
     use_label_mask: bool = False  # exclude label == 255 pixels from the loss (the official COCO stuff mask)
     joint: str = "fft"  # displaced-joint implementation: "fft" | "conv" | "loop"
     inference_sub_head: int = 0  # sub-head used by inference_net unless select_sub_head() chose another
-    input_size: int | None = None  # training crop side, recorded as the model's native size
+
+    legacy_keys: ClassVar[dict[str, str]] = {**LEGACY_INPUT_KEYS, "input_size": "input.native_size"}
 
 
 @register_method("iic")
@@ -108,10 +107,7 @@ class IIC(Method):
         super().__init__(config)
         _validate(config)
         c = config
-        mean = c.mean if c.mean is not None else (0.0,) * c.channels
-        std = c.std if c.std is not None else (1.0,) * c.channels
-        self.adapter = InputAdapter(tuple(mean), tuple(std), sobel=c.sobel,  # type: ignore[arg-type]
-                                    per_image=c.per_image_norm)
+        self.adapter = c.input.adapter(c.channels)
         self.net = SegmentationNet10aTwoHead(self.adapter.out_channels, k_A=c.over_clusters, k_B=c.n_clusters,
                                              num_sub_heads=c.num_sub_heads, width=c.width,
                                              track_running_stats=c.batchnorm_track)
@@ -131,7 +127,7 @@ class IIC(Method):
         return (order[counter % 2],)
 
     def training_step(self, batch: dict[str, torch.Tensor], ctx: FitContext) -> dict[str, Any]:
-        x = self._check_images(batch["image"])  # (B, C, H, W) in [0, 1]
+        x = self._check_images(batch)  # (B, C, H, W) in [0, 1]
         heads = self.active_heads(ctx)
         self._freeze_idle_heads(heads)
         with torch.no_grad():
@@ -190,12 +186,8 @@ class IIC(Method):
                               f"{tuple(label.shape)}")
         return (label != 255).to(torch.float32)  # (B, H, W), image-1 coordinates
 
-    def _check_images(self, x: torch.Tensor) -> torch.Tensor:
-        if x.ndim != 4 or not x.is_floating_point():
-            raise ConfigError(f"batch['image'] must be float (B, C, H, W), got {x.dtype} {tuple(x.shape)}")
-        if x.shape[1] != self.config.channels:
-            raise ConfigError(f"IICConfig.channels is {self.config.channels} but batch['image'] has "
-                              f"{x.shape[1]} channels")
+    def _check_images(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        x = batch_images(batch, "IIC", self.config.channels)
         if min(x.shape[-2:]) < min_input_size():
             raise ConfigError(f"IIC's Net10a needs crops of at least {min_input_size()} pixels, got "
                               f"{tuple(x.shape[-2:])}")
@@ -238,12 +230,7 @@ class IIC(Method):
 
     def input_spec(self) -> InputSpec:
         c = self.config
-        size = c.input_size
-        return InputSpec(channels=c.channels, color_order=COLOR_ORDER[c.channels],
-                         mean=tuple(float(v) for v in c.mean) if c.mean is not None else (0.0,) * c.channels,
-                         std=tuple(float(v) for v in c.std) if c.std is not None else (1.0,) * c.channels,
-                         sobel=c.sobel != "off", stride=STRIDE, min_size=min_input_size(),
-                         native_size=(size, size) if size else None)
+        return c.input.spec(c.channels, stride=STRIDE, min_size=min_input_size())
 
     def _head_module(self, head: str):
         if head not in _HEAD_OF:
@@ -252,16 +239,7 @@ class IIC(Method):
 
 
 def _validate(c: IICConfig) -> None:
-    if c.channels not in COLOR_ORDER:
-        raise ConfigError(f"IICConfig.channels must be 1, 3 or 4, got {c.channels}")
-    if c.sobel not in ("off", "append", "replace"):
-        raise ConfigError(f"IICConfig.sobel must be 'off', 'append' or 'replace', got {c.sobel!r}")
-    for name in ("mean", "std"):
-        value = getattr(c, name)
-        if value is not None and len(value) != c.channels:
-            raise ConfigError(f"IICConfig.{name} needs {c.channels} values (one per channel), got {value}")
-    if c.std is not None and any(v <= 0 for v in c.std):
-        raise ConfigError(f"IICConfig.std must be positive, got {c.std}")
+    c.input.check("IICConfig", c.channels)
     if c.n_clusters < 1 or c.over_clusters < 1 or c.num_sub_heads < 1:
         raise ConfigError("IICConfig.n_clusters, over_clusters and num_sub_heads must be >= 1")
     if c.half_T < 0:
@@ -277,5 +255,6 @@ def _validate(c: IICConfig) -> None:
     if not 0 <= c.inference_sub_head < c.num_sub_heads:
         raise ConfigError(f"IICConfig.inference_sub_head {c.inference_sub_head} is not below num_sub_heads "
                           f"{c.num_sub_heads}")
-    if c.input_size is not None and c.input_size < min_input_size():
-        raise ConfigError(f"IICConfig.input_size must be at least {min_input_size()}, got {c.input_size}")
+    if c.input.native_size is not None and c.input.native_size < min_input_size():
+        raise ConfigError(f"IICConfig.input.native_size must be at least {min_input_size()}, got "
+                          f"{c.input.native_size}")

@@ -42,7 +42,7 @@ proposal [P] of docs/METHODS.md §4.5, with its row there and the reason:
 Inference (:meth:`InfoSeg.inference_net`) is the same network without step 2: V = softmax(tau <L, H_k>) on the
 1/4 grid, bilinearly upsampled to the input size; the argmax of that is the prediction (§4.3). The H_k come from
 global average pooling, so a pixel's cluster depends on the whole frame: predict on frames of the training field
-of view (``native_size``), not on small tiles.
+of view (``input.native_size``), not on small tiles.
 """
 
 from __future__ import annotations
@@ -58,7 +58,6 @@ from training.errors import ConfigError
 from training.losses.infomax import MEASURES, infoseg_loss
 from training.methods.base import FitContext, Method, MethodConfig, batch_images, batch_labels, register_method
 from training.nets.infoseg_net import BLOCK_NAMES, InfoSegNet, class_assignment, cluster_logits
-from training.nets.input_adapter import COLOR_ORDER, check_input_config
 from usseg_sdk.meta import InputSpec
 
 _IGNORE = 255
@@ -81,11 +80,6 @@ class InfoSegConfig(MethodConfig):
     gather_negatives: bool = False  # DDP: negatives from every rank's batch
     hflip_p: float = 0.5
     iic_train_mask: bool = False  # exclude label==255 locations from the loss (IIC's COCO protocol)
-    sobel: str = "off"  # "off", "append" (RGB+Sobel, IIC's COCO) or "replace"
-    input_mean: tuple[float, ...] | None = None  # per channel; None = 0 (IIC: /255 only)
-    input_std: tuple[float, ...] | None = None  # per channel; None = 1
-    per_image_norm: bool = False  # standardise each frame by its own mean/std instead (not in the paper)
-    native_size: int | None = None  # training crop side, reported as InputSpec.native_size
 
     def __post_init__(self) -> None:
         self._check_architecture()
@@ -119,19 +113,12 @@ class InfoSegConfig(MethodConfig):
             raise ConfigError(f"InfoSegConfig.hflip_p must be in [0, 1], got {self.hflip_p}")
 
     def _check_input(self) -> None:
-        check_input_config("InfoSegConfig", self.channels, self.sobel, self.input_mean, self.input_std)
+        self.input.check("InfoSegConfig", self.channels)
 
     @property
     def tau_init(self) -> float:
         return 1 / math.sqrt(self.feature_dim) if isinstance(self.tau, str) else float(self.tau)
 
-    @property
-    def mean(self) -> tuple[float, ...]:
-        return self.input_mean if self.input_mean is not None else (0.0,) * self.channels
-
-    @property
-    def std(self) -> tuple[float, ...]:
-        return self.input_std if self.input_std is not None else (1.0,) * self.channels
 
 
 @register_method("infoseg")
@@ -144,8 +131,8 @@ class InfoSeg(Method):
     def __init__(self, config: InfoSegConfig):
         super().__init__(config)
         c = config
-        self.net = InfoSegNet(in_channels=c.channels, n_clusters=c.n_clusters, mean=c.mean, std=c.std,
-                              sobel=c.sobel, per_image_norm=c.per_image_norm, width=c.width,
+        self.net = InfoSegNet(in_channels=c.channels, n_clusters=c.n_clusters, adapter=c.input.adapter(c.channels),
+                              width=c.width,
                               blocks_per_stage=c.blocks_per_stage,
                               local_block=c.local_block, global_block=c.global_block, feature_dim=c.feature_dim,
                               global_hidden=c.global_hidden, tau=c.tau_init, learn_tau=c.tau == "learnable")
@@ -227,10 +214,7 @@ class InfoSeg(Method):
         (128 = 8 x 16, 200 = 8 x 25); the net accepts any size, but other sizes shift the grids against the
         pixels and let D's zero padding into the global average. min_size: one block-D cell."""
         c = self.config
-        n = c.native_size
-        return InputSpec(channels=c.channels, color_order=COLOR_ORDER[c.channels], mean=c.mean, std=c.std,
-                         normalized_in_graph=True, sobel=c.sobel != "off", stride=self.net.stride,
-                         min_size=self.net.stride, native_size=(n, n) if n else None)
+        return c.input.spec(c.channels, stride=self.net.stride, min_size=self.net.stride, normalized_in_graph=True)
 
     def eval_heads(self) -> dict[str, int]:
         return {"main": self.config.n_clusters}

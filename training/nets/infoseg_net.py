@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.nets.input_adapter import InputAdapter, SobelMode
+from training.nets.input_adapter import InputAdapter
 from training.nets.resnet import ResNet
 
 BLOCK_NAMES = ("A", "B", "C", "D")  # ResNet stages layer1..layer4; with the cifar stem at strides 1, 2, 4, 8
@@ -112,19 +112,19 @@ class InfoSegNet(nn.Module):
     1 over K). Only the stages up to the deeper of the two blocks are built.
     """
 
-    def __init__(self, *, in_channels: int, n_clusters: int, mean: tuple[float, ...], std: tuple[float, ...],
-                 sobel: SobelMode = "off", per_image_norm: bool = False, width: int = 64,
+    def __init__(self, *, in_channels: int, n_clusters: int, adapter: InputAdapter | None = None, width: int = 64,
                  blocks_per_stage: tuple[int, ...] = (2, 2, 2, 2),
                  local_block: str = "C", global_block: str = "D", feature_dim: int = 256,
                  global_hidden: int = 1024, tau: float = 1 / 16, learn_tau: bool = False):
         super().__init__()
-        if len(mean) != in_channels:
-            raise ValueError(f"mean {mean} has {len(mean)} values for {in_channels} input channels")
+        adapter = adapter or InputAdapter((0.0,) * in_channels, (1.0,) * in_channels)
+        if adapter.in_channels != in_channels:
+            raise ValueError(f"the input adapter takes {adapter.in_channels} channels, the net {in_channels}")
         self.local_index = BLOCK_NAMES.index(local_block)
         self.global_index = BLOCK_NAMES.index(global_block)
         n_stages = max(self.local_index, self.global_index) + 1
         widths = tuple(width * 2**i for i in range(4))
-        self.adapter = InputAdapter(mean, std, sobel, per_image=per_image_norm)
+        self.adapter = adapter
         self.encoder = ResNet(tuple(blocks_per_stage[:n_stages]), in_channels=self.adapter.out_channels,
                               widths=widths[:n_stages], stem="cifar")
         self.local_proj = LocalProjection(widths[self.local_index], feature_dim)

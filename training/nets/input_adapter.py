@@ -13,12 +13,15 @@ so the runtime still feeds raw frames and needs to know nothing about it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+import logging
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from usseg_sdk.meta import InputSpec
 
 SobelMode = Literal["off", "append", "replace"]
 
@@ -35,20 +38,93 @@ COLOR_ORDER = {1: "gray", 3: "rgb", 4: "rgbi"}  # input channels -> ModelMeta co
 SOBEL_MODES = ("off", "append", "replace")
 
 
-def check_input_config(owner: str, channels: int, sobel: str, input_mean: Sequence[float] | None,
-                       input_std: Sequence[float] | None) -> None:
-    """The input fields a method config shares with :class:`InputAdapter`; ``owner`` names the config in errors."""
-    from training.errors import ConfigError
+Normalisation = tuple[tuple[float, ...], tuple[float, ...]]  # (mean, std) per input channel
 
-    if channels not in COLOR_ORDER:
-        raise ConfigError(f"{owner}.channels must be 1 (grey), 3 (RGB) or 4 (RGBIR), got {channels}")
-    if sobel not in SOBEL_MODES:
-        raise ConfigError(f"{owner}.sobel must be 'off', 'append' or 'replace', got {sobel!r}")
-    for name, value in (("input_mean", input_mean), ("input_std", input_std)):
-        if value is not None and len(value) != channels:
-            raise ConfigError(f"{owner}.{name} needs {channels} values, got {value}")
-    if input_std is not None and min(input_std) <= 0:
-        raise ConfigError(f"{owner}.input_std must be positive, got {input_std}")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+GREY_MEAN, GREY_STD = 0.449, 0.226  # channel averages of ImageNet's, for grey and extra (IR) channels
+
+
+def imagenet_normalisation(channels: int) -> Normalisation:
+    """ImageNet's mean/std for RGB (plus their channel average for a 4th, IR channel); the average for grey."""
+    if channels == 1:
+        return (GREY_MEAN,), (GREY_STD,)
+    extra = channels - 3
+    return IMAGENET_MEAN + (GREY_MEAN,) * extra, IMAGENET_STD + (GREY_STD,) * extra
+
+
+@dataclass
+class InputConfig:
+    """How a [0, 1] frame becomes the net's input: ``method_config.input``, the same fields for every method.
+
+    ``mean`` / ``std`` None take the method's default (IIC, AC, InfoSeg: 0 / 1, IIC's "divide by 255 only"; PiCIE and
+    the k-means baselines: ImageNet's, grey 0.449 / 0.226) or, on a pretrained backbone, the backbone's.
+    """
+
+    mean: tuple[float, ...] | None = None  # per input channel
+    std: tuple[float, ...] | None = None  # per input channel, positive
+    sobel: str = "off"  # "off" | "append" (image + dx, dy) | "replace" (dx, dy only)
+    per_image_norm: bool = False  # standardise each frame by its own mean/std instead (not in any paper)
+    native_size: int | None = None  # the training crop side, reported as the model's native size
+
+    def check(self, owner: str, channels: int) -> None:
+        """ConfigError naming ``owner`` (the config class) and the field when a value does not fit."""
+        from training.errors import ConfigError
+
+        if channels not in COLOR_ORDER:
+            raise ConfigError(f"{owner}.channels must be 1 (grey), 3 (RGB) or 4 (RGBIR), got {channels}")
+        if self.sobel not in SOBEL_MODES:
+            raise ConfigError(f"{owner}.input.sobel must be 'off', 'append' or 'replace', got {self.sobel!r}")
+        for name, value in (("mean", self.mean), ("std", self.std)):
+            if value is not None and len(value) != channels:
+                raise ConfigError(f"{owner}.input.{name} needs {channels} values, got {value}")
+        if self.std is not None and min(self.std) <= 0:
+            raise ConfigError(f"{owner}.input.std must be positive, got {self.std}")
+        if self.native_size is not None and self.native_size < 1:
+            raise ConfigError(f"{owner}.input.native_size must be positive, got {self.native_size}")
+
+    def normalisation(self, channels: int, default: Normalisation | None = None) -> Normalisation:
+        """(mean, std) per channel: the configured values, else ``default``, else 0 / 1."""
+        mean_default, std_default = default or ((0.0,) * channels, (1.0,) * channels)
+        mean = tuple(float(v) for v in self.mean) if self.mean is not None else tuple(mean_default)
+        std = tuple(float(v) for v in self.std) if self.std is not None else tuple(std_default)
+        return mean, std
+
+    def adapter(self, channels: int, default: Normalisation | None = None) -> InputAdapter:
+        mean, std = self.normalisation(channels, default)
+        return InputAdapter(mean, std, sobel=self.sobel, per_image=self.per_image_norm)  # type: ignore[arg-type]
+
+    def spec(self, channels: int, *, stride: int, min_size: int, default: Normalisation | None = None,
+             **extra: Any) -> InputSpec:
+        """The model contract's input fields (``usseg_sdk.meta.InputSpec``) for a net of ``stride``."""
+        mean, std = self.normalisation(channels, default)
+        n = self.native_size
+        return InputSpec(channels=channels, color_order=COLOR_ORDER[channels], mean=mean, std=std,  # type: ignore
+                         sobel=self.sobel != "off", stride=stride, min_size=min_size,
+                         native_size=(n, n) if n else None, **extra)
+
+
+# Flat method_config keys of earlier versions -> their place now (checkpoints keep their config: still loadable).
+LEGACY_INPUT_KEYS = {"mean": "input.mean", "std": "input.std", "input_mean": "input.mean", "input_std": "input.std",
+                     "sobel": "input.sobel", "per_image_norm": "input.per_image_norm",
+                     "native_size": "input.native_size"}
+
+
+def migrate_legacy_keys(values: dict[str, Any], renames: dict[str, str], owner: str) -> dict[str, Any]:
+    """``values`` with the keys of ``renames`` moved to their dotted new place (logged once per call)."""
+    found = [k for k in renames if k in values]
+    if not found:
+        return values
+    out = {k: v for k, v in values.items() if k not in renames}
+    for key in found:
+        *parents, last = renames[key].split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = values[key]
+    logging.getLogger(__name__).warning("%s: old config keys %s read as %s", owner, found,
+                                        [renames[k] for k in found])
+    return out
 
 
 def sobel_xy(grey: torch.Tensor) -> torch.Tensor:

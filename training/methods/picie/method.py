@@ -44,15 +44,15 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from training.data.equivariant import EquivariantParams, equivariant_transform
-from training.errors import ConfigError, TrainingError
+from training.errors import ConfigError, DataError, TrainingError
 from training.losses.picie import class_weights, nearest_centroid_labels, normalize_features, picie_loss
-from training.methods.base import FitContext, Method, MethodConfig, register_method
+from training.methods.base import FitContext, Method, MethodConfig, batch_images, register_method
 from training.methods.picie.inference import CentroidClassifier, PiCIEInferenceNet
 from training.methods.picie.kmeans import MiniBatchKMeans
 from training.methods.picie.views import (
@@ -64,15 +64,12 @@ from training.methods.picie.views import (
     photometric_view,
     resize,
 )
-from training.nets.input_adapter import COLOR_ORDER, InputAdapter
+from training.nets.input_adapter import LEGACY_INPUT_KEYS, imagenet_normalisation
 from training.nets.resnet_fpn import ResNetFPN, load_imagenet_backbone
 from usseg_sdk.meta import InputSpec
 
 logger = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-GREY_MEAN, GREY_STD = 0.449, 0.226  # channel averages of ImageNet's, for grey and extra (IR) channels
 
 
 @dataclass
@@ -82,8 +79,7 @@ class PiCIEConfig(MethodConfig):
     feature_dim: int = 128  # FPN output channels (in_dim)
     backbone_width: int = 64  # ResNet-18 stage widths w, 2w, 4w, 8w; 64 is the paper's (ImageNet weights)
     pretrained_weights: str | None = None  # local torchvision resnet18 file (.pth/.safetensors), read at fit start
-    input_size: int | None = None  # shorter side both views enter the net at (official res 320); None = as given
-    per_image_norm: bool = False  # standardise each frame by its own mean/std, not ImageNet's (not in the paper)
+    view_size: int | None = None  # shorter side both views enter the net at (official res 320); None = as given
     # views (official values)
     min_scale: float = 0.5
     h_flip: bool = True
@@ -116,9 +112,9 @@ class PiCIEConfig(MethodConfig):
     official_kmeans_train_mode: bool = False
     official_dot_logits: bool = False
 
+    legacy_keys: ClassVar[dict[str, str]] = {**LEGACY_INPUT_KEYS, "input_size": "view_size"}
+
     def __post_init__(self) -> None:
-        if self.channels not in COLOR_ORDER:
-            raise ConfigError(f"PiCIEConfig.channels must be 1, 3 or 4, got {self.channels}")
         if self.n_clusters < 2 or self.over_clusters < 0 or self.over_clusters == 1:
             raise ConfigError(f"PiCIEConfig: n_clusters must be >= 2 and over_clusters 0 or >= 2, got "
                               f"{self.n_clusters} / {self.over_clusters}")
@@ -126,8 +122,9 @@ class PiCIEConfig(MethodConfig):
             raise ConfigError(f"PiCIEConfig.eval_centroids must be 'refit' or 'view1', got {self.eval_centroids!r}")
         if not 0 < self.min_scale <= 1:
             raise ConfigError(f"PiCIEConfig.min_scale must be in (0, 1], got {self.min_scale}")
-        if self.input_size is not None and self.input_size < 32:
-            raise ConfigError(f"PiCIEConfig.input_size must be >= 32 (ResNet stride), got {self.input_size}")
+        if self.view_size is not None and self.view_size < 32:
+            raise ConfigError(f"PiCIEConfig.view_size must be >= 32 (ResNet stride), got {self.view_size}")
+        self.input.check("PiCIEConfig", self.channels)
         if self.backbone_width < 8 or self.feature_dim < 2:
             raise ConfigError(f"PiCIEConfig: backbone_width must be >= 8 and feature_dim >= 2, got "
                               f"{self.backbone_width} / {self.feature_dim}")
@@ -150,8 +147,7 @@ class PiCIE(Method):
     def __init__(self, config: PiCIEConfig):
         super().__init__(config)
         c = config
-        mean, std = _normalisation(c.channels)
-        self.adapter = InputAdapter(mean, std, per_image=c.per_image_norm)
+        self.adapter = c.input.adapter(c.channels, imagenet_normalisation(c.channels))
         self.net = ResNetFPN(in_channels=c.channels, out_dim=c.feature_dim, width=c.backbone_width)
         self.label_net = copy.deepcopy(self.net).requires_grad_(False).eval()
         self.views = c.view_settings()
@@ -197,7 +193,7 @@ class PiCIE(Method):
             raise TrainingError("PiCIE has no view tables: call on_epoch_start(ctx) before training steps")
         rows = self.tables.rows(index)
         geo = geometric_params(rows, self.views)
-        size = net_input_size(images.shape[-2], images.shape[-1], self.config.input_size)
+        size = net_input_size(images.shape[-2], images.shape[-1], self.config.view_size)
         view1 = equivariant_transform(photometric_view(images, rows[:, PHOTOMETRIC_COLUMNS[0]], self.views), geo,
                                       size)
         view2 = resize(photometric_view(images, rows[:, PHOTOMETRIC_COLUMNS[1]], self.views), size)
@@ -223,12 +219,9 @@ class PiCIE(Method):
                     for head in self._heads()}
 
     def _check_batch(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        images, index = batch.get("image"), batch.get("index")
-        if images is None or index is None:
-            raise TrainingError(f"PiCIE batches need 'image' and 'index', got keys {sorted(batch)}")
-        if images.ndim != 4 or images.shape[1] != self.config.channels:
-            raise TrainingError(f"batch['image'] must be (B, {self.config.channels}, H, W), got "
-                                f"{tuple(images.shape)}")
+        images, index = batch_images(batch, "PiCIE", self.config.channels), batch.get("index")
+        if index is None:
+            raise DataError(f"PiCIE batches need 'image' and 'index', got keys {sorted(batch)}")
         if min(images.shape[-2:]) < 32:
             raise TrainingError(f"PiCIE needs images of at least 32x32, got {tuple(images.shape[-2:])}")
         return images.to(self._device, torch.float32), index
@@ -319,7 +312,7 @@ class PiCIE(Method):
             for batch in loader:
                 images, index = self._check_batch(batch)
                 if clean:
-                    size = net_input_size(images.shape[-2], images.shape[-1], self.config.input_size)
+                    size = net_input_size(images.shape[-2], images.shape[-1], self.config.view_size)
                     feats = {0: self.features(self.net, resize(images, size))}
                 else:
                     f1, f2 = self.view_features(self.net, *self.make_views(images, index))
@@ -390,10 +383,9 @@ class PiCIE(Method):
 
     def input_spec(self) -> InputSpec:
         c = self.config
-        mean, std = _normalisation(c.channels)
-        native = None if c.input_size is None else (c.input_size, c.input_size)
-        return InputSpec(channels=c.channels, color_order=COLOR_ORDER[c.channels], mean=mean, std=std,  # type: ignore[arg-type]
-                         stride=32, min_size=32, native_size=native)
+        native = c.input.native_size or c.view_size  # the frame size the net was trained at, when one is known
+        spec = c.input.spec(c.channels, stride=32, min_size=32, default=imagenet_normalisation(c.channels))
+        return spec.model_copy(update={"native_size": (native, native) if native else None})
 
 
 def _suffix(head: str) -> str:
@@ -403,13 +395,6 @@ def _suffix(head: str) -> str:
 
 def _view_names(head: str) -> tuple[str, str]:
     return f"class_weight1{_suffix(head)}", f"class_weight2{_suffix(head)}"
-
-
-def _normalisation(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    if channels == 1:
-        return (GREY_MEAN,), (GREY_STD,)
-    extra = channels - 3
-    return IMAGENET_MEAN + (GREY_MEAN,) * extra, IMAGENET_STD + (GREY_STD,) * extra
 
 
 def _require_loader(ctx: FitContext) -> Any:
