@@ -16,3 +16,14 @@ TINY: dict[str, dict] = {
     "kmeans": _KMEANS,
     "random_cnn": {**_KMEANS, "feature_dim": 16},
 }
+
+# Every method on the pretrained Lite0 trunk, small heads (method_config.backbone; the trunk itself is fixed).
+_TRUNK = {"taps": [1, 2], "feature_dim": 16}
+BACKBONE_TINY: dict[str, dict] = {
+    "iic": {"over_clusters": 6, "half_T": 2, "input": {"sobel": "off"}, "backbone": _TRUNK},
+    "ac": {"width": 8, "n_blocks": 2, "attention_after": 1, "half_T": 2, "backbone": _TRUNK},
+    "infoseg": {"feature_dim": 16, "global_hidden": 32, "backbone": _TRUNK},
+    "picie": {"kmeans_init_batches": 1, "kmeans_init_iters": 2, "kmeans_pixels_per_image": 64,
+              "backbone": {**_TRUNK, "fusion": "fpn"}},
+    "kmeans": {**_KMEANS, "over_clusters": 12, "seed": 0, "backbone": {}},
+}

@@ -55,6 +55,7 @@ from training.errors import ConfigError, DataError
 from training.losses.mutual_info import iic_seg_loss, iic_seg_loss_with_affine
 from training.methods.base import FitContext, Method, MethodConfig, batch_images, batch_labels, register_method
 from training.nets.autoregressive import AutoregressiveSegNet
+from training.nets.backbones import backbone_normalisation, build_backbone
 from training.nets.input_adapter import InputAdapter
 from training.nets.masked_conv import MaskedConv2d
 from training.nets.orderings import ALL_IDS, RASTER_IDS, ZIGZAG_IDS, sample_ordering_pair, use_ordering
@@ -145,6 +146,9 @@ class ACConfig(MethodConfig):
 
     @property
     def stride(self) -> int:
+        """The grid's stride: a backbone's 4, else ``grid_stride`` (4 with attention, 2 without)."""
+        if self.backbone is not None:
+            return 4
         return self.grid_stride or (4 if self.attention else 2)
 
 
@@ -170,12 +174,16 @@ class AC(Method):
     def __init__(self, config: ACConfig):
         super().__init__(config)
         c = config
-        self.adapter = c.input.adapter(c.channels)
+        backbone = None
+        if c.backbone is not None:
+            backbone, self.adapter = build_backbone(c, "ACConfig")
+        else:
+            self.adapter = c.input.adapter(c.channels)
         heads = {"main": c.n_clusters} | ({"over": c.over_clusters} if c.over_clusters else {})
         self.net = AutoregressiveSegNet(self.adapter.out_channels, heads, width=c.width, n_blocks=c.n_blocks,
                                         grid_stride=c.stride, attention=c.attention,
                                         attention_after=c.attention_after, attention_heads=c.attention_heads,
-                                        mode=c.mode, head_norm=c.head_norm)
+                                        mode=c.mode, head_norm=c.head_norm, backbone=backbone)
         for conv in self.masked_convs():
             conv.freeze_never_visible(c.ordering_ids)
         self._jitter = PhotometricConfig(*c.jitter)
@@ -255,7 +263,8 @@ class AC(Method):
     # -- hooks ---------------------------------------------------------------------------------------
     def configure_optimizer(self) -> torch.optim.Optimizer:
         # every parameter, including a head idle (requires_grad=False) when this is called
-        return torch.optim.Adam(self.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+        return torch.optim.Adam(self.param_groups(self.parameters_but_frozen_trunks()), lr=self.config.lr,
+                                weight_decay=self.config.weight_decay)
 
     def on_epoch_start(self, ctx: FitContext) -> None:
         if self.config.over_clusters and self.config.head_schedule == "epoch":
@@ -322,6 +331,10 @@ class AC(Method):
     def input_spec(self) -> InputSpec:
         """Stride = grid stride (2 or 4): h's output grid then tiles the frame exactly. min_size: one cell."""
         c = self.config
+        if c.backbone is not None:  # the grid is the backbone's stride-4 map; frames pad to its deepest stride
+            stride = self.backbones()[0].stride
+            return c.input.spec(c.channels, stride=stride, min_size=stride, default=backbone_normalisation(c),
+                                normalized_in_graph=True)
         return c.input.spec(c.channels, stride=c.stride, min_size=c.stride, normalized_in_graph=True)
 
     def eval_heads(self) -> dict[str, int]:

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from training.errors import DataError, UnknownMethodError
+from training.nets.backbones import BackboneConfig, DenseBackbone
 from training.nets.input_adapter import LEGACY_INPUT_KEYS, InputConfig, migrate_legacy_keys
 from training.typed_config import config_from_dict, config_to_dict  # noqa: F401  (re-exported)
 from usseg_sdk.meta import InputSpec
@@ -40,6 +41,7 @@ class MethodConfig:
     lr: float = 1e-4
     weight_decay: float = 0.0
     input: InputConfig = field(default_factory=InputConfig)  # normalisation, Sobel, native size (every method)
+    backbone: BackboneConfig | None = None  # a (pretrained) dense trunk; None = the method's own paper network
 
     # Keys of earlier config versions -> their place now (a checkpoint's saved config stays loadable).
     legacy_keys: ClassVar[dict[str, str]] = LEGACY_INPUT_KEYS
@@ -93,11 +95,38 @@ class Method(nn.Module):
         raise NotImplementedError
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
-        params = [p for p in self.parameters() if p.requires_grad]
-        return torch.optim.Adam(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+        return torch.optim.Adam(self.param_groups(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+
+    def param_groups(self, params: Iterable[nn.Parameter] | None = None) -> list[dict[str, Any]]:
+        """Optimiser groups of ``params`` (default: the trainable ones): a fine-tuned backbone trunk's at
+        ``backbone.lr_scale`` times the method's learning rate, the rest at it."""
+        params = [p for p in self.parameters() if p.requires_grad] if params is None else list(params)
+        trunk = {id(p): b.config.lr_scale for b in self.backbones() if b.config.trainable_trunk
+                 for p in b.trunk_parameters()}
+        groups = [{"params": [p for p in params if id(p) not in trunk]}]
+        for scale in sorted(set(trunk.values())):
+            scaled = [p for p in params if trunk.get(id(p)) == scale]
+            if scaled:
+                groups.append({"params": scaled, "lr": self.config.lr * scale})
+        return groups
+
+    def parameters_but_frozen_trunks(self) -> list[nn.Parameter]:
+        """Every parameter, trainable now or not (a head idle in this step), except a frozen backbone trunk's: what
+        IIC and AC, whose heads take turns, give the optimiser."""
+        frozen = {id(p) for b in self.backbones() if not b.config.trainable_trunk for p in b.trunk_parameters()}
+        return [p for p in self.parameters() if id(p) not in frozen]
+
+    def backbones(self) -> list[DenseBackbone]:
+        return [m for m in self.modules() if isinstance(m, DenseBackbone)]
+
+    def prepare_backbones(self) -> None:
+        """Load every pretrained backbone's weights unless it has them (a checkpoint's or an earlier call's)."""
+        for backbone in self.backbones():
+            backbone.ensure_pretrained()
 
     def on_fit_start(self, ctx: FitContext) -> None:
-        """Once, before the first epoch (also after a resume)."""
+        """Once, before the first epoch (also after a resume). Subclasses that override it call super()."""
+        self.prepare_backbones()
 
     def on_epoch_start(self, ctx: FitContext) -> None:
         """Before each epoch's first step, e.g. PiCIE's k-means over ``ctx.train_loader``."""

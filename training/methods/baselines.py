@@ -59,6 +59,7 @@ from training.errors import ConfigError, TrainingError
 from training.evaluation import pad_to_multiple
 from training.methods.base import FitContext, Method, MethodConfig, register_method
 from training.methods.picie.kmeans import MiniBatchKMeans, assign
+from training.nets.backbones import DenseBackbone, backbone_normalisation, build_backbone
 from training.nets.input_adapter import InputAdapter, imagenet_normalisation
 from training.nets.resnet_fpn import ResNetFPN
 from usseg_sdk.meta import InputSpec
@@ -167,6 +168,18 @@ class RandomCNNFeatures(nn.Module):
         return F.normalize(feats, dim=1)
 
 
+class BackboneFeatures(nn.Module):
+    """A frozen dense backbone's fused stride-4 features (``method_config.backbone``), as k-means sees them."""
+
+    def __init__(self, backbone: DenseBackbone):
+        super().__init__()
+        self.backbone = backbone
+        self.out_dim = backbone.out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone(x)  # (B, D, H/4, W/4)
+
+
 class NearestCentroidLogits(nn.Module):
     """(B, D, h, w) features -> -(||f - c_k||^2 - ||f||^2) / T (B, K, h, w), as a 1x1 convolution.
 
@@ -225,6 +238,12 @@ class KMeansBaseline(Method):
 
     def build_features(self) -> nn.Module:
         c = self.config
+        if c.backbone is not None:  # k-means on a (pretrained, frozen) backbone's features
+            if c.backbone.train != "frozen" or c.features != "pixel":
+                raise ConfigError(f"{type(c).__name__}: k-means on a backbone takes backbone.train: frozen and "
+                                  "features: pixel")
+            backbone, self.adapter = build_backbone(c, type(c).__name__)
+            return BackboneFeatures(backbone)
         return PixelFeatures(c.channels, c.features, c.patch_size)
 
     @property
@@ -247,6 +266,7 @@ class KMeansBaseline(Method):
         """Fit every head's centroids on pixels sampled from ``batches`` (dicts with ``"image"`` or image
         tensors (B, C, H, W) in [0, 1]). Returns each head's k-means distortion (mean squared distance)."""
         c = self.config
+        self.prepare_backbones()
         seed = c.seed if c.seed is not None else int(torch.randint(0, 2**62, (1,)))
         gen = torch.Generator().manual_seed(seed)
         init_batches = _length(batches) or c.kmeans_init_batches
@@ -340,10 +360,13 @@ class KMeansBaseline(Method):
     @property
     def upsamples_logits(self) -> bool:
         """Whether the features are coarser than the input (so the logits are upsampled)."""
-        return False
+        return self.config.backbone is not None
 
     def input_spec(self) -> InputSpec:
         c = self.config
+        if c.backbone is not None:
+            stride = self.features.backbone.stride
+            return c.input.spec(c.channels, stride=stride, min_size=stride, default=backbone_normalisation(c))
         min_size = 1 if c.features == "pixel" else c.patch_size // 2 + 1  # reflect padding needs pad < size
         return c.input.spec(c.channels, stride=1, min_size=min_size, default=normalisation(c.channels))
 

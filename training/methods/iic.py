@@ -50,8 +50,15 @@ from training.data.photometric import PhotometricConfig, photometric_augment
 from training.errors import ConfigError
 from training.losses.mutual_info import JOINT_IMPLS, iic_seg_loss_with_affine
 from training.methods.base import FitContext, Method, MethodConfig, batch_images, register_method
+from training.nets.backbones import backbone_normalisation, build_backbone
 from training.nets.input_adapter import LEGACY_INPUT_KEYS, InputConfig
-from training.nets.net10a import STRIDE, Net10aInferenceNet, SegmentationNet10aTwoHead, min_input_size
+from training.nets.net10a import (
+    STRIDE,
+    BackboneTwoHead,
+    Net10aInferenceNet,
+    SegmentationNet10aTwoHead,
+    min_input_size,
+)
 from usseg_sdk.meta import InputSpec
 
 logger = logging.getLogger(__name__)
@@ -107,10 +114,15 @@ class IIC(Method):
         super().__init__(config)
         _validate(config)
         c = config
-        self.adapter = c.input.adapter(c.channels)
-        self.net = SegmentationNet10aTwoHead(self.adapter.out_channels, k_A=c.over_clusters, k_B=c.n_clusters,
-                                             num_sub_heads=c.num_sub_heads, width=c.width,
-                                             track_running_stats=c.batchnorm_track)
+        self.net: SegmentationNet10aTwoHead | BackboneTwoHead
+        if c.backbone is not None:
+            trunk, self.adapter = build_backbone(c, "IICConfig")
+            self.net = BackboneTwoHead(trunk, k_A=c.over_clusters, k_B=c.n_clusters, num_sub_heads=c.num_sub_heads)
+        else:
+            self.adapter = c.input.adapter(c.channels)
+            self.net = SegmentationNet10aTwoHead(self.adapter.out_channels, k_A=c.over_clusters, k_B=c.n_clusters,
+                                                 num_sub_heads=c.num_sub_heads, width=c.width,
+                                                 track_running_stats=c.batchnorm_track)
         self._jitter = PhotometricConfig(brightness=c.jitter_brightness, contrast=c.jitter_contrast,
                                          saturation=c.jitter_saturation, hue=c.jitter_hue)
         self._affine = AffineRange(c.affine_rot, c.affine_shear, c.affine_scale) if c.use_random_affine else None
@@ -188,6 +200,10 @@ class IIC(Method):
 
     def _check_images(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         x = batch_images(batch, "IIC", self.config.channels)
+        stride = self.input_spec().stride
+        if self.config.backbone is not None and (x.shape[-2] % stride or x.shape[-1] % stride):
+            raise ConfigError(f"IIC on {self.config.backbone.name} needs crops whose sides are multiples of {stride}, "
+                              f"got {tuple(x.shape[-2:])} (data.train.crop)")
         if min(x.shape[-2:]) < min_input_size():
             raise ConfigError(f"IIC's Net10a needs crops of at least {min_input_size()} pixels, got "
                               f"{tuple(x.shape[-2:])}")
@@ -195,7 +211,8 @@ class IIC(Method):
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
         # every parameter, including the head that is idle (requires_grad=False) at the time of the call
-        return torch.optim.Adam(self.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+        return torch.optim.Adam(self.param_groups(self.parameters_but_frozen_trunks()), lr=self.config.lr,
+                                weight_decay=self.config.weight_decay)
 
     def on_epoch_start(self, ctx: FitContext) -> None:
         if self.config.head_schedule == "epoch":
@@ -230,6 +247,9 @@ class IIC(Method):
 
     def input_spec(self) -> InputSpec:
         c = self.config
+        if c.backbone is not None:
+            stride = self.net.trunk.stride
+            return c.input.spec(c.channels, stride=stride, min_size=stride, default=backbone_normalisation(c))
         return c.input.spec(c.channels, stride=STRIDE, min_size=min_input_size())
 
     def _head_module(self, head: str):

@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from training.errors import ConfigError
 from training.losses.infomax import MEASURES, infoseg_loss
 from training.methods.base import FitContext, Method, MethodConfig, batch_images, batch_labels, register_method
+from training.nets.backbones import backbone_normalisation, build_backbone
 from training.nets.infoseg_net import BLOCK_NAMES, InfoSegNet, class_assignment, cluster_logits
 from usseg_sdk.meta import InputSpec
 
@@ -131,7 +132,9 @@ class InfoSeg(Method):
     def __init__(self, config: InfoSegConfig):
         super().__init__(config)
         c = config
-        self.net = InfoSegNet(in_channels=c.channels, n_clusters=c.n_clusters, adapter=c.input.adapter(c.channels),
+        backbone, adapter = build_backbone(c, "InfoSegConfig") if c.backbone is not None else (
+            None, c.input.adapter(c.channels))
+        self.net = InfoSegNet(in_channels=c.channels, n_clusters=c.n_clusters, adapter=adapter, backbone=backbone,
                               width=c.width,
                               blocks_per_stage=c.blocks_per_stage,
                               local_block=c.local_block, global_block=c.global_block, feature_dim=c.feature_dim,
@@ -214,7 +217,9 @@ class InfoSeg(Method):
         (128 = 8 x 16, 200 = 8 x 25); the net accepts any size, but other sizes shift the grids against the
         pixels and let D's zero padding into the global average. min_size: one block-D cell."""
         c = self.config
-        return c.input.spec(c.channels, stride=self.net.stride, min_size=self.net.stride, normalized_in_graph=True)
+        default = backbone_normalisation(c) if c.backbone is not None else None
+        return c.input.spec(c.channels, stride=self.net.stride, min_size=self.net.stride, default=default,
+                            normalized_in_graph=True)
 
     def eval_heads(self) -> dict[str, int]:
         return {"main": self.config.n_clusters}

@@ -75,7 +75,9 @@ class AutoregressiveSegNet(nn.Module):
 
     def __init__(self, in_channels: int, heads: dict[str, int], width: int = 64, n_blocks: int = 4,
                  grid_stride: int = 4, attention: bool = True, attention_after: int = 2, attention_heads: int = 1,
-                 mode: CausalMode = "strict", head_norm: bool = True):
+                 mode: CausalMode = "strict", head_norm: bool = True, backbone: nn.Module | None = None):
+        """``backbone`` (a dense trunk with ``out_channels`` at stride 4, not in the paper) replaces h: its features,
+        projected to ``width`` by 1x1 conv -> BN -> ReLU, are the grid the orderings act on."""
         super().__init__()
         if grid_stride not in (2, 4):
             raise ValueError(f"grid_stride must be 2 or 4, got {grid_stride}")
@@ -84,9 +86,13 @@ class AutoregressiveSegNet(nn.Module):
         if attention and not 1 <= attention_after <= n_blocks:
             raise ValueError(f"attention_after must be in 1..{n_blocks}, got {attention_after}")
         self.grid_stride, self.mode = grid_stride, mode
-        self.stem = nn.Sequential(  # h
-            nn.Conv2d(in_channels, width, 3, stride=grid_stride // 2, padding=1, bias=False),
-            nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(3, stride=2, padding=1))
+        if backbone is not None:
+            self.stem: nn.Module = nn.Sequential(  # h on a backbone: its stride-4 features projected to width
+                backbone, nn.Conv2d(backbone.out_channels, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        else:
+            self.stem = nn.Sequential(  # h
+                nn.Conv2d(in_channels, width, 3, stride=grid_stride // 2, padding=1, bias=False),
+                nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(3, stride=2, padding=1))
         layers: list[nn.Module] = [  # g_ar
             MaskedConv2d(width, width, 3, mask_type="A" if mode == "strict" else "B"), nn.BatchNorm2d(width),
             nn.ReLU()]
@@ -104,8 +110,12 @@ class AutoregressiveSegNet(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """docs/METHODS.md §3.6 [P], as IIC: kaiming-normal (fan_in, relu) convs, zero biases, BN weight 1 / bias 0."""
+        """docs/METHODS.md §3.6 [P], as IIC: kaiming-normal (fan_in, relu) convs, zero biases, BN weight 1 / bias 0.
+        A backbone's trunk keeps its own initialisation (and later its pretrained weights)."""
+        trunk = {id(m) for b in self.modules() if hasattr(b, "trunk_parameters") for m in b.modules()}
         for m in self.modules():
+            if id(m) in trunk:
+                continue
             if isinstance(m, nn.Conv2d | MaskedConv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
                 if m.bias is not None:

@@ -115,30 +115,44 @@ class InfoSegNet(nn.Module):
     def __init__(self, *, in_channels: int, n_clusters: int, adapter: InputAdapter | None = None, width: int = 64,
                  blocks_per_stage: tuple[int, ...] = (2, 2, 2, 2),
                  local_block: str = "C", global_block: str = "D", feature_dim: int = 256,
-                 global_hidden: int = 1024, tau: float = 1 / 16, learn_tau: bool = False):
+                 global_hidden: int = 1024, tau: float = 1 / 16, learn_tau: bool = False,
+                 backbone: nn.Module | None = None):
+        """``backbone`` (a dense trunk, not in the paper) replaces the ResNet encoder: L and H both come from its
+        stride-4 map (``local_block`` / ``global_block`` are then unused)."""
         super().__init__()
         adapter = adapter or InputAdapter((0.0,) * in_channels, (1.0,) * in_channels)
         if adapter.in_channels != in_channels:
             raise ValueError(f"the input adapter takes {adapter.in_channels} channels, the net {in_channels}")
-        self.local_index = BLOCK_NAMES.index(local_block)
-        self.global_index = BLOCK_NAMES.index(global_block)
-        n_stages = max(self.local_index, self.global_index) + 1
-        widths = tuple(width * 2**i for i in range(4))
         self.adapter = adapter
-        self.encoder = ResNet(tuple(blocks_per_stage[:n_stages]), in_channels=self.adapter.out_channels,
-                              widths=widths[:n_stages], stem="cifar")
-        self.local_proj = LocalProjection(widths[self.local_index], feature_dim)
-        self.global_proj = GlobalProjection(widths[self.global_index], n_clusters, feature_dim, global_hidden)
+        self.backbone = backbone
+        if backbone is not None:
+            local_in = global_in = backbone.out_channels
+            self.local_index = self.global_index = 0
+            self.n_stages = 0
+        else:
+            self.local_index = BLOCK_NAMES.index(local_block)
+            self.global_index = BLOCK_NAMES.index(global_block)
+            self.n_stages = max(self.local_index, self.global_index) + 1
+            widths = tuple(width * 2**i for i in range(4))
+            self.encoder = ResNet(tuple(blocks_per_stage[:self.n_stages]), in_channels=self.adapter.out_channels,
+                                  widths=widths[:self.n_stages], stem="cifar")
+            local_in, global_in = widths[self.local_index], widths[self.global_index]
+        self.local_proj = LocalProjection(local_in, feature_dim)
+        self.global_proj = GlobalProjection(global_in, n_clusters, feature_dim, global_hidden)
         self.tau = Temperature(tau, learn_tau)
-        self.n_stages = n_stages
 
     @property
     def stride(self) -> int:
         """Stride of the deepest stage built (8 for block D): the grid every stage tiles exactly."""
+        if self.backbone is not None:
+            return self.backbone.stride
         return 2 ** (self.n_stages - 1)
 
     def stages(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Adapter, stem and the built stages: the outputs of blocks A.. (at strides 1, 2, 4, 8)."""
+        """Adapter, stem and the built stages: the outputs of blocks A.. (at strides 1, 2, 4, 8); on a backbone,
+        its one stride-4 map."""
+        if self.backbone is not None:
+            return [self.backbone(self.adapter(x))]
         enc = self.encoder
         x = enc.maxpool(enc.relu(enc.bn1(enc.conv1(self.adapter(x)))))
         feats = []

@@ -69,15 +69,19 @@ class Net10aTrunk(nn.Module):
 
 
 class Net10aHead(nn.Module):
-    """``num_sub_heads`` x [1x1 conv (padding 1, no bias), Softmax2d], each upsampled bilinearly to ``size``."""
+    """``num_sub_heads`` x [1x1 conv (padding 1, no bias), Softmax2d], each upsampled bilinearly to ``size``.
 
-    def __init__(self, in_channels: int, n_clusters: int, num_sub_heads: int = 1):
+    ``padding=0`` (with a bias) is the head on a backbone's feature map (not the paper's): no ring of uniform
+    probabilities around the map."""
+
+    def __init__(self, in_channels: int, n_clusters: int, num_sub_heads: int = 1, padding: int = 1):
         super().__init__()
         if n_clusters < 1 or num_sub_heads < 1:
             raise ValueError(f"need n_clusters >= 1 and num_sub_heads >= 1, got {n_clusters}, {num_sub_heads}")
         self.n_clusters = n_clusters
         self.heads = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(in_channels, n_clusters, kernel_size=1, stride=1, padding=1, bias=False),
+            nn.Sequential(nn.Conv2d(in_channels, n_clusters, kernel_size=1, stride=1, padding=padding,
+                                    bias=padding == 0),
                           nn.Softmax2d())
             for _ in range(num_sub_heads))
 
@@ -134,6 +138,22 @@ class SegmentationNet10aTwoHead(nn.Module):
             raise ValueError(f"Net10a needs inputs of at least {min_input_size()}x{min_input_size()} pixels, "
                              f"got {tuple(x.shape[-2:])}")
         return self.head(head)(self.trunk(x), (x.shape[-2], x.shape[-1]))
+
+
+class BackboneTwoHead(nn.Module):
+    """IIC's two heads (1x1 convs, no padding) on a dense backbone: the same interface as
+    :class:`SegmentationNet10aTwoHead` (``trunk``, ``head(name)``), for ``method_config.backbone``."""
+
+    def __init__(self, trunk: nn.Module, k_A: int, k_B: int, num_sub_heads: int = 1):
+        super().__init__()
+        self.trunk = trunk
+        self.head_A = Net10aHead(trunk.out_channels, k_A, num_sub_heads, padding=0)
+        self.head_B = Net10aHead(trunk.out_channels, k_B, num_sub_heads, padding=0)
+
+    def head(self, name: str) -> Net10aHead:
+        if name not in ("A", "B"):
+            raise ValueError(f"head must be 'A' or 'B', got {name!r}")
+        return self.head_A if name == "A" else self.head_B
 
 
 class Net10aInferenceNet(nn.Module):

@@ -10,7 +10,6 @@ from torch import nn
 
 from training.losses.picie import cluster_logits, normalize_features
 from training.nets.input_adapter import InputAdapter
-from training.nets.resnet_fpn import ResNetFPN
 
 
 class CentroidClassifier(nn.Module):
@@ -31,7 +30,7 @@ class CentroidClassifier(nn.Module):
 class PiCIEInferenceNet(nn.Module):
     """float32 (B, C, H, W) in [0, 1] -> cluster probabilities (B, K, H, W) at the input resolution."""
 
-    def __init__(self, adapter: InputAdapter, net: ResNetFPN, classifier: CentroidClassifier):
+    def __init__(self, adapter: InputAdapter, net: nn.Module, classifier: CentroidClassifier):
         super().__init__()
         self.adapter = adapter
         self.net = net

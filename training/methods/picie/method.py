@@ -64,6 +64,7 @@ from training.methods.picie.views import (
     photometric_view,
     resize,
 )
+from training.nets.backbones import DenseBackbone, backbone_normalisation, build_backbone
 from training.nets.input_adapter import LEGACY_INPUT_KEYS, imagenet_normalisation
 from training.nets.resnet_fpn import ResNetFPN, load_imagenet_backbone
 from usseg_sdk.meta import InputSpec
@@ -147,16 +148,24 @@ class PiCIE(Method):
     def __init__(self, config: PiCIEConfig):
         super().__init__(config)
         c = config
-        self.adapter = c.input.adapter(c.channels, imagenet_normalisation(c.channels))
-        self.net = ResNetFPN(in_channels=c.channels, out_dim=c.feature_dim, width=c.backbone_width)
+        self.net: ResNetFPN | DenseBackbone
+        if c.backbone is not None:
+            if not (c.backbone.fusion == "fpn" or c.backbone.trainable_trunk):
+                raise ConfigError("PiCIEConfig.backbone: with a frozen trunk and 'concat' fusion nothing would train; "
+                                  "use backbone.fusion: fpn (a trainable decoder) or backbone.train: finetune")
+            self.net, self.adapter = build_backbone(c, "PiCIEConfig")
+        else:
+            self.adapter = c.input.adapter(c.channels, imagenet_normalisation(c.channels))
+            self.net = ResNetFPN(in_channels=c.channels, out_dim=c.feature_dim, width=c.backbone_width)
         self.label_net = copy.deepcopy(self.net).requires_grad_(False).eval()
         self.views = c.view_settings()
+        dim = self.net.out_channels if c.backbone is not None else c.feature_dim
         for head, k in self._heads().items():
             suffix = _suffix(head)
             # Inference centroids (zeros until the first epoch ends), and each view's training classifier.
-            self.register_buffer(f"centroids{suffix}", torch.zeros(k, c.feature_dim))
+            self.register_buffer(f"centroids{suffix}", torch.zeros(k, dim))
             for v in (1, 2):
-                self.register_buffer(f"centroids{v}{suffix}", torch.zeros(k, c.feature_dim))
+                self.register_buffer(f"centroids{v}{suffix}", torch.zeros(k, dim))
                 self.register_buffer(f"class_weight{v}{suffix}", torch.full((k,), 1.0 / k))
         self.tables: ViewTables | None = None
         self._pretrained_loaded = False
@@ -258,7 +267,10 @@ class PiCIE(Method):
         self._pretrained_loaded = True
 
     def on_fit_start(self, ctx: FitContext) -> None:
-        if self.config.pretrained_weights and not self._pretrained_loaded:
+        if self.config.backbone is not None:
+            self.prepare_backbones()  # its own flag in the state dict (weights_ready); label_net copies the net
+            self.label_net.load_state_dict(self.net.state_dict())
+        elif self.config.pretrained_weights and not self._pretrained_loaded:
             self.load_pretrained()
 
     def on_epoch_start(self, ctx: FitContext) -> None:
@@ -384,7 +396,11 @@ class PiCIE(Method):
     def input_spec(self) -> InputSpec:
         c = self.config
         native = c.input.native_size or c.view_size  # the frame size the net was trained at, when one is known
-        spec = c.input.spec(c.channels, stride=32, min_size=32, default=imagenet_normalisation(c.channels))
+        if c.backbone is not None:
+            stride, default = self.net.stride, backbone_normalisation(c)
+        else:
+            stride, default = 32, imagenet_normalisation(c.channels)
+        spec = c.input.spec(c.channels, stride=stride, min_size=stride, default=default)
         return spec.model_copy(update={"native_size": (native, native) if native else None})
 
 
