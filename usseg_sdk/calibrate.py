@@ -13,13 +13,17 @@ Masks are single-channel PNGs of class ids with the image's stem (``255`` = igno
 ``samples/neu-seg/masks``. Class names come from ``--class-names a,b,c`` or a ``labels.txt`` (one per line)
 beside the masks.
 
+This module is the library; ``usseg calibrate`` (:mod:`usseg_sdk.cli.calibrate`) and export's ``--calibrate``
+(:mod:`export.calibrate`) call :func:`calibrate` and write with :func:`write_outputs` / :func:`set_mapping`.
+
 Example:
-    usseg calibrate --model export/ --images samples/neu-seg/images --masks samples/neu-seg/masks --out calibrated/
+    >>> seg = Segmenter("export/", config=SegmenterConfig(device="cpu", clusters=True, scores=False))  # doctest: +SKIP
+    >>> result = calibrate(seg, CalibrationOptions(images=Path("frames"), masks=Path("masks")))  # doctest: +SKIP
+    >>> print(result.summary())                                                              # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import logging
@@ -53,6 +57,19 @@ class CalibrationError(UssegError, ValueError):
     """Calibration inputs are unusable (no image/mask pairs, size mismatch, a model without the mapping)."""
 
 
+@dataclass(frozen=True)
+class CalibrationOptions:
+    """What to calibrate on and how (the flags of ``usseg calibrate`` and export's ``--calibrate``)."""
+
+    images: Path
+    masks: Path
+    mode: str = "auto"  # auto: hungarian when K <= classes, else many_to_one (usseg_sdk.metrics.matching_mode)
+    class_names: str | None = None  # "a,b,c", class 0 first
+    labels_file: Path | None = None
+    background: int | None = 0  # class that is not a defect
+    ignore_index: int = 255
+
+
 @dataclass
 class Calibration:
     mapping: np.ndarray  # (n_clusters,) int64 cluster -> class
@@ -60,6 +77,33 @@ class Calibration:
     scores: SegmentationScores
     n_images: int
     confusion: np.ndarray  # (n_clusters, n_classes) [cluster, class]
+
+
+@dataclass
+class CalibrationResult:
+    """A fitted calibration and the new metadata: ``meta`` for a rewritten ONNX graph (labels in the graph),
+    ``engine_meta`` for a TensorRT engine beside it (labels mapped by the runtime; None without an engine)."""
+
+    meta: ModelMeta
+    calibration: Calibration
+    engine_meta: ModelMeta | None = None
+
+    def report(self) -> dict[str, Any]:
+        """The JSON report (``calibration.json``, export's ``verify.json``)."""
+        cal = self.calibration
+        return {"mode": cal.mode, "n_images": cal.n_images, "mapping": cal.mapping.tolist(),
+                "cluster_confusion": cal.confusion.tolist(), "scores": cal.scores.to_dict()}
+
+    def summary(self) -> str:
+        """The mapping and the scores on the labelled frames, for a person."""
+        cal, names, s = self.calibration, self.meta.class_names, self.calibration.scores
+        lines = [f"calibrated on {cal.n_images} images ({cal.mode}); cluster -> class: "
+                 + ", ".join(f"{k}->{names[c]}" for k, c in enumerate(cal.mapping)),
+                 f"  pixel accuracy {s.pixel_accuracy:.4f}  mIoU {s.miou:.4f}  defect IoU {s.defect_iou:.4f}  "
+                 f"defect F1 {s.defect_f1:.4f}"]
+        lines += [f"    {name:<20} IoU {iou:.4f}  F1 {f1:.4f}"
+                  for name, iou, f1 in zip(names, s.iou, s.f1, strict=True)]
+        return "\n".join(lines)
 
 
 # -- inputs ------------------------------------------------------------------------------------------------------
@@ -106,6 +150,22 @@ def class_names_for(args_names: str | None, labels_file: Path | None, masks: Pat
 
 
 # -- fitting -----------------------------------------------------------------------------------------------------
+def calibrate(seg: Any, options: CalibrationOptions) -> CalibrationResult:
+    """Fit the cluster-to-class mapping of the model ``seg`` (a Segmenter returning clusters) on labelled frames."""
+    if options.mode not in ("auto", *MAPPING_MODES):
+        raise CalibrationError(f"calibration mode must be auto or one of {MAPPING_MODES}, got {options.mode!r}")
+    pairs = find_pairs(options.images, options.masks)
+    names = class_names_for(options.class_names, options.labels_file, options.masks)
+    n_classes = len(names) if names else max_label(pairs, options.ignore_index) + 1
+    names = names or [f"class_{i}" for i in range(n_classes)]
+    cal = fit(seg, pairs, n_classes, options.mode, options.ignore_index, names, options.background)
+    source = str(options.images)
+    meta = calibrated_meta(seg.meta, cal, names, options.background, source, labels_in_graph=True)
+    engine_meta = calibrated_meta(seg.meta, cal, names, options.background, source, labels_in_graph=False) \
+        if seg.files.engine is not None else None
+    return CalibrationResult(meta, cal, engine_meta)
+
+
 def fit(seg: Any, pairs: list[tuple[Path, Path]], n_classes: int, mode: str = "auto", ignore_index: int = 255,
         class_names: list[str] | None = None, background: int | None = 0) -> Calibration:
     """Run the model's clusters on the pairs and fit the mapping (``mode``: auto or one of ``MAPPING_MODES``)."""
@@ -149,23 +209,12 @@ def calibrated_meta(meta: ModelMeta, cal: Calibration, class_names: list[str], b
 # -- writing -----------------------------------------------------------------------------------------------------
 def rewrite_onnx(src: Path, dst: Path, meta: ModelMeta) -> Path:
     """Copy ``src`` to ``dst`` with the mapping initializers and the embedded metadata replaced."""
-    try:
-        onnx = importlib.import_module("onnx")
-        numpy_helper = importlib.import_module("onnx.numpy_helper")
-    except ImportError as e:
-        raise CalibrationError("rewriting an ONNX model needs the onnx package: pip install onnx "
-                               "(or pip install 'usseg-sdk[export]')") from e
+    onnx = _import_onnx("rewriting an ONNX model")
     model = onnx.load(str(src))
-    inits = {init.name: init for init in model.graph.initializer}
-    if MAPPING_INITIALIZER not in inits:
-        raise CalibrationError(f"{src} has no {MAPPING_INITIALIZER!r} initializer: not a graph exported by usseg")
-    mapping = np.asarray(meta.cluster_to_class, np.int64)
-    inits[MAPPING_INITIALIZER].CopyFrom(numpy_helper.from_array(mapping, MAPPING_INITIALIZER))
-    if SCORES_INITIALIZER in inits:
-        onehot = np.zeros((meta.n_classes, meta.n_clusters), np.float32)  # (n_classes, K) one-hot columns
-        onehot[mapping, np.arange(meta.n_clusters)] = 1.0
-        inits[SCORES_INITIALIZER].CopyFrom(numpy_helper.from_array(onehot, SCORES_INITIALIZER))
-        _set_class_dim(model, meta)
+    try:
+        set_mapping(model, meta)
+    except CalibrationError as e:
+        raise CalibrationError(f"{src}: {e}") from e
     kept = [p for p in model.metadata_props if p.key != METADATA_KEY]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
@@ -175,13 +224,36 @@ def rewrite_onnx(src: Path, dst: Path, meta: ModelMeta) -> Path:
     return dst
 
 
-def _set_class_dim(model: Any, meta: ModelMeta) -> None:
-    """The scores output's class axis, when static, follows the new class count."""
+def set_mapping(model: Any, meta: ModelMeta) -> Any:
+    """Write ``meta.cluster_to_class`` into an ``onnx.ModelProto``: the ``usseg_cluster_to_class`` initializer,
+    and when the graph has scores ``usseg_class_from_cluster`` (one-hot (n_classes, K)) and the scores output's
+    class axis. Returns ``model`` (changed in place)."""
+    numpy_helper = _import_onnx("rewriting an ONNX model").numpy_helper
+    inits = {init.name: init for init in model.graph.initializer}
+    if MAPPING_INITIALIZER not in inits:
+        raise CalibrationError(f"the graph has no {MAPPING_INITIALIZER!r} initializer: not a graph exported by usseg")
+    mapping = np.asarray(meta.cluster_to_class, np.int64)
+    inits[MAPPING_INITIALIZER].CopyFrom(numpy_helper.from_array(mapping, MAPPING_INITIALIZER))
+    if SCORES_INITIALIZER in inits:
+        onehot = np.zeros((meta.n_classes, meta.n_clusters), np.float32)  # (n_classes, K) one-hot columns
+        onehot[mapping, np.arange(meta.n_clusters)] = 1.0
+        inits[SCORES_INITIALIZER].CopyFrom(numpy_helper.from_array(onehot, SCORES_INITIALIZER))
     for out in model.graph.output:
         if out.name == meta.outputs.scores:
             dims = out.type.tensor_type.shape.dim
-            if len(dims) == 4 and dims[1].HasField("dim_value"):
+            if len(dims) == 4:
                 dims[1].dim_value = meta.n_classes
+    return model
+
+
+def _import_onnx(purpose: str) -> Any:
+    try:
+        onnx = importlib.import_module("onnx")
+        importlib.import_module("onnx.numpy_helper")
+    except ImportError as e:
+        raise CalibrationError(f"{purpose} needs the onnx package: pip install onnx "
+                               "(or pip install 'usseg-sdk[export]')") from e
+    return onnx
 
 
 def write_outputs(files: Any, out: Path, meta: ModelMeta, engine_meta: ModelMeta | None) -> list[Path]:
@@ -206,47 +278,13 @@ def write_outputs(files: Any, out: Path, meta: ModelMeta, engine_meta: ModelMeta
     return written
 
 
-# -- CLI ---------------------------------------------------------------------------------------------------------
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    from usseg_sdk.cli import add_runtime_arguments
-
-    p.add_argument("--model", "-m", required=True, help=".onnx, .engine, or export directory")
-    p.add_argument("--images", required=True, type=Path, help="folder of labelled frames")
-    p.add_argument("--masks", required=True, type=Path, help="folder of class-id PNG masks (same stems)")
-    p.add_argument("--out", "-o", required=True, type=Path, help="new model: a folder, or a path ending in .onnx")
-    p.add_argument("--mode", choices=["auto", *MAPPING_MODES], default="auto",
-                   help="auto: hungarian when clusters <= classes, else many_to_one; miou: many-to-one for the best "
-                        "mIoU of the labelled frames (names defect clusters that majority voting gives to background)")
-    p.add_argument("--class-names", help="comma-separated class names, class 0 first")
-    p.add_argument("--labels-file", type=Path, help="class names, one per line (default: labels.txt by the masks)")
-    p.add_argument("--background", type=int, default=0, help="class id that is not a defect (-1: none)")
-    p.add_argument("--ignore-index", type=int, default=255, help="mask value to ignore")
-    add_runtime_arguments(p)
-
-
-def run(args: argparse.Namespace) -> int:
-    from usseg_sdk.cli import config_from_args
-    from usseg_sdk.segmenter import Segmenter
-
-    seg = Segmenter(args.model, config=config_from_args(args, clusters=True, scores=False))
-    pairs = find_pairs(args.images, args.masks)
-    names = class_names_for(args.class_names, args.labels_file, args.masks)
-    n_classes = len(names) if names else max_label(pairs, args.ignore_index) + 1
-    names = names or [f"class_{i}" for i in range(n_classes)]
-    background = None if args.background < 0 else args.background
-    cal = fit(seg, pairs, n_classes, args.mode, args.ignore_index, names, background)
-    files = seg.files
-    meta = calibrated_meta(seg.meta, cal, names, background, str(args.images), labels_in_graph=True)
-    engine_meta = calibrated_meta(seg.meta, cal, names, background, str(args.images), labels_in_graph=False) \
-        if files.engine is not None else None
-    written = write_outputs(files, args.out, meta, engine_meta)
-    report = {"mode": cal.mode, "n_images": cal.n_images, "mapping": cal.mapping.tolist(),
-              "cluster_confusion": cal.confusion.tolist(), "scores": cal.scores.to_dict(),
-              "files": [str(p) for p in written]}
-    report_dir = args.out.parent if args.out.suffix.lower() == ".onnx" else args.out
+def save(files: Any, out: Path, result: CalibrationResult) -> list[Path]:
+    """Write the calibrated model(s) (:func:`write_outputs`) and ``calibration.json`` beside them."""
+    written = write_outputs(files, out, result.meta, result.engine_meta)
+    report = {**result.report(), "files": [str(p) for p in written]}
+    report_dir = out.parent if out.suffix.lower() == ".onnx" else out
     write_text_atomic(report_dir / "calibration.json", json.dumps(report, indent=2) + "\n")
-    _print_report(cal, names, written)
-    return 0
+    return written
 
 
 def max_label(pairs: list[tuple[Path, Path]], ignore_index: int) -> int:
@@ -260,15 +298,3 @@ def max_label(pairs: list[tuple[Path, Path]], ignore_index: int) -> int:
         values = mask[mask != ignore_index]
         top = max(top, int(values.max()) if values.size else 0)
     return top
-
-
-def _print_report(cal: Calibration, names: list[str], written: list[Path]) -> None:
-    s = cal.scores
-    print(f"calibrated on {cal.n_images} images ({cal.mode}); cluster -> class: "
-          + ", ".join(f"{k}->{names[c]}" for k, c in enumerate(cal.mapping)))
-    print(f"pixel accuracy {s.pixel_accuracy:.4f}  mIoU {s.miou:.4f}  defect IoU {s.defect_iou:.4f}  "
-          f"defect F1 {s.defect_f1:.4f}")
-    for name, iou, f1 in zip(names, s.iou, s.f1, strict=True):
-        print(f"  {name:<20} IoU {iou:.4f}  F1 {f1:.4f}")
-    for path in written:
-        print(f"-> {path}")

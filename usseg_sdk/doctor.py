@@ -1,15 +1,14 @@
-"""``usseg doctor``: what this machine can run — onnxruntime providers, the cpu/gpu wheel conflict, CUDA, TensorRT.
+"""What this machine can run — onnxruntime providers, the cpu/gpu wheel conflict, CUDA, TensorRT.
 
 Never imports torch. GPU facts come from ``nvidia-smi`` when it is on the PATH and from cuda-python / TensorRT
-when they are installed. Exit status 1 when a problem was found (e.g. both onnxruntime wheels installed).
+when they are installed. The command is ``usseg doctor`` (:mod:`usseg_sdk.cli.doctor`): exit status 1 when a
+problem was found (e.g. both onnxruntime wheels installed).
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import importlib.metadata
-import json
 import platform
 import shutil
 import subprocess
@@ -17,10 +16,7 @@ import sys
 from typing import Any
 
 from usseg_sdk import __version__
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="print JSON")
+from usseg_sdk.backends import ort as ort_backend
 
 
 def _version(dist: str) -> str | None:
@@ -32,8 +28,6 @@ def _version(dist: str) -> str | None:
 
 def collect() -> dict[str, Any]:
     """Everything doctor reports, with a list of ``problems`` (empty when all is well)."""
-    from usseg_sdk.backends import ort as ort_backend
-
     report: dict[str, Any] = {"usseg_sdk": __version__, "python": sys.version.split()[0],
                               "platform": platform.platform(), "problems": [], "notes": []}
     report["packages"] = {d: _version(d) for d in ("numpy", "opencv-python-headless", "opencv-python", "pydantic",
@@ -98,26 +92,3 @@ def _tensorrt() -> dict[str, Any]:
     except ImportError:
         return {"installed": False, "hint": "pip install 'usseg-sdk[trt]' for .engine files"}
     return {"installed": True, "version": trt.__version__}
-
-
-def run(args: argparse.Namespace) -> int:
-    report = collect()
-    if args.json:
-        print(json.dumps(report, indent=2))
-        return 1 if report["problems"] else 0
-    print(f"usseg-sdk {report['usseg_sdk']}  python {report['python']}  {report['platform']}")
-    print("packages   " + "  ".join(f"{k} {v}" for k, v in report["packages"].items() if v))
-    ort = report["onnxruntime"]
-    print(f"onnxruntime {ort.get('version', '-')}  ({', '.join(report['onnxruntime_distributions']) or 'none'})")
-    print(f"providers  {', '.join(ort.get('providers', [])) or '-'}")
-    cuda = report["cuda"]
-    print(f"GPUs       {'; '.join(cuda.get('gpus', [])) or 'none'}  CUDA runtime {cuda.get('cuda_runtime', '-')}")
-    trt = report["tensorrt"]
-    print(f"TensorRT   {trt.get('version', 'not installed')}")
-    for note in report["notes"]:
-        print(f"note: {note}")
-    for problem in report["problems"]:
-        print(f"PROBLEM: {problem}")
-    if not report["problems"]:
-        print("ok")
-    return 1 if report["problems"] else 0
