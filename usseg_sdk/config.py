@@ -45,6 +45,8 @@ class SegmenterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     device: Device = "auto"
+    backend: str | None = Field(
+        default=None, description="a registered backend by name (usseg_sdk.backends); None: chosen for the device")
     providers: tuple[str, ...] | None = Field(
         default=None, description="explicit onnxruntime execution providers, in priority order (overrides device)")
     device_id: int = Field(default=0, ge=0)
@@ -118,6 +120,8 @@ def add_runtime_arguments(p: argparse.ArgumentParser, *, device: bool = True, ba
     """
     if device:
         p.add_argument("--device", choices=["auto", "cpu", "cuda", "tensorrt"], help="default: USSEG_DEVICE or auto")
+        p.add_argument("--backend", help="a registered backend by name, e.g. onnxruntime (default: USSEG_BACKEND, "
+                                         "else the best for the device)")
     p.add_argument("--tile-size", type=_size_argument, help="tile H x W, e.g. 256x512 (default: the model's)")
     p.add_argument("--overlap", type=int, help="tile overlap in pixels (default: the model's)")
     p.add_argument("--no-tiling", action="store_true", help="run every frame whole")
@@ -129,8 +133,8 @@ def add_runtime_arguments(p: argparse.ArgumentParser, *, device: bool = True, ba
 def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None,
                      **fixed: Any) -> SegmenterConfig:
     """The SegmenterConfig of :func:`add_runtime_arguments`' flags in ``args``; ``fixed`` fields win over both."""
-    flags = {"device": "device", "tile_size": "tile_size", "overlap": "overlap", "batch_size": "batch_size",
-             "intra_op_threads": "threads"}
+    flags = {"device": "device", "backend": "backend", "tile_size": "tile_size", "overlap": "overlap",
+             "batch_size": "batch_size", "intra_op_threads": "threads"}
     fields = {field: getattr(args, flag, None) for field, flag in flags.items()}
     fields = {k: v for k, v in fields.items() if v is not None}
     if getattr(args, "no_tiling", False):
@@ -184,6 +188,7 @@ def _parse_providers(raw: str) -> tuple[str, ...]:
 
 _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
     "device": str.lower,
+    "backend": str,
     "providers": _parse_providers,
     "device_id": _parse_int,
     "tiling": parse_bool,
