@@ -7,7 +7,8 @@ for over-clustered models), as in IIC's evaluation protocol, or ``miou`` (many-t
 labelled frames: the accuracy benchmark's protocol (c)). The fitted mapping is written into a new model: the ONNX
 initializers ``usseg_cluster_to_class`` / ``usseg_class_from_cluster`` and the metadata (embedded and ``model.json``); a
 TensorRT engine cannot be edited, so it is copied with a new ``model.engine.json`` whose ``outputs.labels`` is
-None (the runtime then maps ``clusters`` itself). Rewriting ONNX needs the ``onnx`` package.
+None (the runtime then maps ``clusters`` itself). Rewriting ONNX needs the ``onnx`` package (torch-free, in the
+``cpu`` and ``gpu`` extras).
 
 Masks are single-channel PNGs of class ids with the image's stem (``255`` = ignore), as in
 ``samples/neu-seg/masks``. Class names come from ``--class-names a,b,c`` or a ``labels.txt`` (one per line)
@@ -251,8 +252,8 @@ def _import_onnx(purpose: str) -> Any:
         onnx = importlib.import_module("onnx")
         importlib.import_module("onnx.numpy_helper")
     except ImportError as e:
-        raise CalibrationError(f"{purpose} needs the onnx package: pip install onnx "
-                               "(or pip install 'usseg-sdk[export]')") from e
+        raise CalibrationError(f"{purpose} needs the onnx package (torch-free; part of usseg-sdk's cpu and gpu "
+                               "extras): pip install onnx") from e
     return onnx
 
 

@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"GPUs       {'; '.join(cuda.get('gpus', [])) or 'none'}  CUDA runtime {cuda.get('cuda_runtime', '-')}")
     trt = report["tensorrt"]
     print(f"TensorRT   {trt.get('version', 'not installed')}")
+    print("commands   " + "  ".join(f"{name} {'ok' if c['ok'] else 'FAILS'}" for name, c in report["commands"].items()))
     for note in report["notes"]:
         print(f"note: {note}")
     for problem in report["problems"]:
