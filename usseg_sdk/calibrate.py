@@ -160,11 +160,20 @@ def calibrate(seg: Any, options: CalibrationOptions) -> CalibrationResult:
     n_classes = len(names) if names else max_label(pairs, options.ignore_index) + 1
     names = names or [f"class_{i}" for i in range(n_classes)]
     cal = fit(seg, pairs, n_classes, options.mode, options.ignore_index, names, options.background)
-    source = str(options.images)
-    meta = calibrated_meta(seg.meta, cal, names, options.background, source, labels_in_graph=True)
-    engine_meta = calibrated_meta(seg.meta, cal, names, options.background, source, labels_in_graph=False) \
+    source, base = str(options.images), _written_meta(seg)
+    meta = calibrated_meta(base, cal, names, options.background, source, labels_in_graph=True)
+    engine_meta = calibrated_meta(base, cal, names, options.background, source, labels_in_graph=False) \
         if seg.files.engine is not None else None
     return CalibrationResult(meta, cal, engine_meta)
+
+
+def _written_meta(seg: Any) -> ModelMeta:
+    """The metadata as its file says: a Segmenter running an edited model.json mapping has switched the graph's
+    labels and scores outputs off in memory (usseg_sdk.meta_source), which the rewritten graph must not inherit."""
+    source = getattr(seg, "meta_source", None)
+    if source is not None and source.kind == "sidecar":
+        return ModelMeta.load(source.path)
+    return seg.meta
 
 
 def fit(seg: Any, pairs: list[tuple[Path, Path]], n_classes: int, mode: str = "auto", ignore_index: int = 255,

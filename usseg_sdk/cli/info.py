@@ -21,12 +21,13 @@ def run(args: argparse.Namespace) -> int:
     backend = seg.backend
     info = {"model": str(backend.path), "backend": backend.describe(),
             "inputs": [_tensor(t) for t in backend.inputs], "outputs": [_tensor(t) for t in backend.outputs],
-            "meta": seg.meta.model_dump(mode="json")}
+            "meta_source": seg.meta_source.to_dict(), "meta": seg.meta.model_dump(mode="json")}
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
     meta = seg.meta
     print(f"model      {info['model']}  ({backend.name}, {', '.join(info['backend'].get('providers', []))})")
+    print(f"metadata   {seg.meta_source.describe()}")
     print(f"method     {meta.method}  schema v{meta.schema_version}  precision {meta.precision}  "
           f"exporter {meta.exporter or '-'}  opset {meta.opset or '-'}")
     spec = meta.input
