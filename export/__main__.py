@@ -79,6 +79,9 @@ def _add_calibration_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--class-names", help="comma-separated class names, class 0 first (default: labels.txt)")
     g.add_argument("--labels-file", type=Path, help="class names, one per line")
     g.add_argument("--background", type=int, default=0, help="class id that is not a defect (-1: none)")
+    g.add_argument("--mask-threshold", type=int,
+                   help="read the masks as binary: values >= T are the defect (default: 0/255 and anti-aliased masks "
+                        "are detected)")
 
 
 def _add_verify_arguments(p: argparse.ArgumentParser) -> None:
@@ -126,7 +129,8 @@ def options_from_args(args: argparse.Namespace) -> ExportOptions:
     if args.calibrate:
         cal = CalibrationOptions(images=args.calibrate[0], masks=args.calibrate[1], mode=args.mapping,
                                  class_names=args.class_names, labels_file=args.labels_file,
-                                 background=None if args.background < 0 else args.background)
+                                 background=None if args.background < 0 else args.background,
+                                 mask_threshold=args.mask_threshold)
     base = DEFAULT_THRESHOLDS[args.precision]
     thresholds = Thresholds(
         max_abs_diff=args.max_abs_diff if args.max_abs_diff is not None else base.max_abs_diff,

@@ -38,7 +38,8 @@ import cv2
 import numpy as np
 
 from usseg_sdk.atomic import atomic_path, write_text_atomic
-from usseg_sdk.errors import UssegError
+from usseg_sdk.errors import CalibrationError
+from usseg_sdk.masks import CLASS_IDS, MaskEncoding, detect_mask_encoding, max_label, read_mask
 from usseg_sdk.meta import MAPPING_INITIALIZER, METADATA_KEY, SCORES_INITIALIZER, ClassInfo, MappingInfo, ModelMeta
 from usseg_sdk.meta import default_palette as palette
 from usseg_sdk.metrics import (
@@ -54,10 +55,6 @@ from usseg_sdk.sources import IMAGE_SUFFIXES
 log = logging.getLogger(__name__)
 
 
-class CalibrationError(UssegError, ValueError):
-    """Calibration inputs are unusable (no image/mask pairs, size mismatch, a model without the mapping)."""
-
-
 @dataclass(frozen=True)
 class CalibrationOptions:
     """What to calibrate on and how (the flags of ``usseg calibrate`` and export's ``--calibrate``)."""
@@ -69,6 +66,7 @@ class CalibrationOptions:
     labels_file: Path | None = None
     background: int | None = 0  # class that is not a defect
     ignore_index: int = 255
+    mask_threshold: int | None = None  # read masks as binary: values >= this are the defect (usseg_sdk.masks)
 
 
 @dataclass
@@ -78,6 +76,7 @@ class Calibration:
     scores: SegmentationScores
     n_images: int
     confusion: np.ndarray  # (n_clusters, n_classes) [cluster, class]
+    masks: MaskEncoding = CLASS_IDS
 
 
 @dataclass
@@ -93,13 +92,15 @@ class CalibrationResult:
         """The JSON report (``calibration.json``, export's ``verify.json``)."""
         cal = self.calibration
         return {"mode": cal.mode, "n_images": cal.n_images, "mapping": cal.mapping.tolist(),
-                "cluster_confusion": cal.confusion.tolist(), "scores": cal.scores.to_dict()}
+                "cluster_confusion": cal.confusion.tolist(), "scores": cal.scores.to_dict(),
+                "masks": cal.masks.to_dict()}
 
     def summary(self) -> str:
         """The mapping and the scores on the labelled frames, for a person."""
         cal, names, s = self.calibration, self.meta.class_names, self.calibration.scores
         lines = [f"calibrated on {cal.n_images} images ({cal.mode}); cluster -> class: "
                  + ", ".join(f"{k}->{names[c]}" for k, c in enumerate(cal.mapping)),
+                 *([f"  masks read as binary: {cal.masks.reason}"] if cal.masks.kind == "binary" else []),
                  f"  pixel accuracy {s.pixel_accuracy:.4f}  mIoU {s.miou:.4f}  defect IoU {s.defect_iou:.4f}  "
                  f"defect F1 {s.defect_f1:.4f}"]
         lines += [f"    {name:<20} IoU {iou:.4f}  F1 {f1:.4f}"
@@ -124,20 +125,6 @@ def find_pairs(images: Path, masks: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def read_mask(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if mask is None:
-        raise CalibrationError(f"cannot read mask {path}")
-    if mask.ndim == 3:
-        if not (mask == mask[:, :, :1]).all():
-            raise CalibrationError(f"mask {path} has differing colour channels: masks are single-channel class ids")
-        mask = mask[:, :, 0]
-    if mask.shape != shape:
-        raise CalibrationError(f"mask {path} is {mask.shape[1]}x{mask.shape[0]} (WxH), its image {shape[1]}x"
-                               f"{shape[0]}")
-    return mask
-
-
 def class_names_for(args_names: str | None, labels_file: Path | None, masks: Path) -> list[str] | None:
     if args_names:
         return [n.strip() for n in args_names.split(",") if n.strip()]
@@ -157,9 +144,11 @@ def calibrate(seg: Any, options: CalibrationOptions) -> CalibrationResult:
         raise CalibrationError(f"calibration mode must be auto or one of {MAPPING_MODES}, got {options.mode!r}")
     pairs = find_pairs(options.images, options.masks)
     names = class_names_for(options.class_names, options.labels_file, options.masks)
-    n_classes = len(names) if names else max_label(pairs, options.ignore_index) + 1
-    names = names or [f"class_{i}" for i in range(n_classes)]
-    cal = fit(seg, pairs, n_classes, options.mode, options.ignore_index, names, options.background)
+    masks = detect_mask_encoding(pairs, options.mask_threshold, len(names) if names else None)
+    n_classes = len(names) if names else max_label(pairs, options.ignore_index, masks) + 1
+    if not names:
+        names = ["background", "defect"] if masks.kind == "binary" else [f"class_{i}" for i in range(n_classes)]
+    cal = fit(seg, pairs, n_classes, options.mode, options.ignore_index, names, options.background, masks)
     source, base = str(options.images), _written_meta(seg)
     meta = calibrated_meta(base, cal, names, options.background, source, labels_in_graph=True)
     engine_meta = calibrated_meta(base, cal, names, options.background, source, labels_in_graph=False) \
@@ -177,8 +166,13 @@ def _written_meta(seg: Any) -> ModelMeta:
 
 
 def fit(seg: Any, pairs: list[tuple[Path, Path]], n_classes: int, mode: str = "auto", ignore_index: int = 255,
-        class_names: list[str] | None = None, background: int | None = 0) -> Calibration:
-    """Run the model's clusters on the pairs and fit the mapping (``mode``: auto or one of ``MAPPING_MODES``)."""
+        class_names: list[str] | None = None, background: int | None = 0,
+        masks: MaskEncoding = CLASS_IDS) -> Calibration:
+    """Run the model's clusters on the pairs and fit the mapping (``mode``: auto or one of ``MAPPING_MODES``).
+
+    A mapping that names no cluster a defect while the masks hold defect pixels is refused (CalibrationError):
+    deployed, it would never report a defect.
+    """
     k = seg.meta.n_clusters
     matrix = ConfusionMatrix(k, n_classes, ignore_index=ignore_index)
     flags = cv2.IMREAD_UNCHANGED if seg.meta.input.channels == 4 else cv2.IMREAD_COLOR
@@ -187,14 +181,29 @@ def fit(seg: Any, pairs: list[tuple[Path, Path]], n_classes: int, mode: str = "a
         if frame is None:
             raise CalibrationError(f"cannot read image {image_path}")
         result = seg.predict(frame)
-        matrix.update(result.clusters, read_mask(mask_path, result.shape))
+        matrix.update(result.clusters, read_mask(mask_path, result.shape, masks))
     if mode == "hungarian" and k > n_classes:
         raise CalibrationError(f"hungarian matching needs clusters <= classes, got {k} clusters for {n_classes} "
                                "classes; use --mode many_to_one or miou")
     mapping, mode = fit_mapping(matrix, mode)
+    _check_names_a_defect(matrix.matrix, mapping, mode, background)
     scores = segmentation_scores(apply_mapping(matrix, mapping, n_classes), class_names=class_names,
                                  background=background)
-    return Calibration(mapping, mode, scores, len(pairs), matrix.matrix.copy())
+    return Calibration(mapping, mode, scores, len(pairs), matrix.matrix.copy(), masks)
+
+
+def _check_names_a_defect(confusion: np.ndarray, mapping: np.ndarray, mode: str, background: int | None) -> None:
+    if background is None or (mapping != background).any():
+        return
+    defect = int(confusion.sum()) - int(confusion[:, background].sum()) if background < confusion.shape[1] else 0
+    if defect == 0:
+        return
+    share = 100.0 * defect / max(int(confusion.sum()), 1)
+    raise CalibrationError(
+        f"the {mode} mapping names no cluster a defect although the masks hold {defect} defect pixels "
+        f"({share:.2f} % of the labelled pixels): no cluster holds mostly defect, so the model would never report "
+        "one. Try --mode miou (export: --mapping miou; names a cluster after a defect when that raises the IoU), a "
+        "model with more clusters (export --head over, an over-clustering head), or more frames with defects")
 
 
 def calibrated_meta(meta: ModelMeta, cal: Calibration, class_names: list[str], background: int | None,
@@ -295,16 +304,3 @@ def save(files: Any, out: Path, result: CalibrationResult) -> list[Path]:
     report_dir = out.parent if out.suffix.lower() == ".onnx" else out
     write_text_atomic(report_dir / "calibration.json", json.dumps(report, indent=2) + "\n")
     return written
-
-
-def max_label(pairs: list[tuple[Path, Path]], ignore_index: int) -> int:
-    """The largest class id in the masks of ``pairs`` (ignoring ``ignore_index``): the class count is this + 1
-    when no class names are given."""
-    top = 0
-    for _, mask_path in pairs:
-        mask = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
-        if mask is None:
-            raise CalibrationError(f"cannot read mask {mask_path}")
-        values = mask[mask != ignore_index]
-        top = max(top, int(values.max()) if values.size else 0)
-    return top

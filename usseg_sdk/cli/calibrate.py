@@ -25,14 +25,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--class-names", help="comma-separated class names, class 0 first")
     p.add_argument("--labels-file", type=Path, help="class names, one per line (default: labels.txt by the masks)")
     p.add_argument("--background", type=int, default=0, help="class id that is not a defect (-1: none)")
-    p.add_argument("--ignore-index", type=int, default=255, help="mask value to ignore")
+    p.add_argument("--ignore-index", type=int, default=255, help="mask value to ignore (class-id masks)")
+    p.add_argument("--mask-threshold", type=int,
+                   help="read masks as binary: values >= T are the defect (default: 0/255 and anti-aliased masks are "
+                        "detected and binarised at 128, class-id masks read as they are)")
     add_runtime_arguments(p)
 
 
 def options_from_args(args: argparse.Namespace) -> CalibrationOptions:
     return CalibrationOptions(images=args.images, masks=args.masks, mode=args.mode, class_names=args.class_names,
                               labels_file=args.labels_file, background=None if args.background < 0 else args.background,
-                              ignore_index=args.ignore_index)
+                              ignore_index=args.ignore_index, mask_threshold=args.mask_threshold)
 
 
 def run(args: argparse.Namespace) -> int:
