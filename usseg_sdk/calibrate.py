@@ -39,6 +39,7 @@ import numpy as np
 
 from usseg_sdk.atomic import atomic_path, write_text_atomic
 from usseg_sdk.errors import CalibrationError
+from usseg_sdk.manual_mapping import parse_manual_mapping
 from usseg_sdk.masks import CLASS_IDS, MaskEncoding, detect_mask_encoding, max_label, read_mask
 from usseg_sdk.meta import MAPPING_INITIALIZER, METADATA_KEY, SCORES_INITIALIZER, ClassInfo, MappingInfo, ModelMeta
 from usseg_sdk.meta import default_palette as palette
@@ -48,6 +49,8 @@ from usseg_sdk.metrics import (
     SegmentationScores,
     apply_mapping,
     fit_mapping,
+    hungarian_match,
+    many_to_one_match,
     segmentation_scores,
 )
 from usseg_sdk.sources import IMAGE_SUFFIXES
@@ -57,25 +60,30 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CalibrationOptions:
-    """What to calibrate on and how (the flags of ``usseg calibrate`` and export's ``--calibrate``)."""
+    """What to calibrate on and how (the flags of ``usseg calibrate`` and export's ``--calibrate`` / ``--map``).
 
-    images: Path
-    masks: Path
+    ``manual_map`` (``"3=scratches,7=scratches"``, :mod:`usseg_sdk.manual_mapping`) replaces the fit; the labelled
+    frames are then optional and only score it.
+    """
+
+    images: Path | None
+    masks: Path | None
     mode: str = "auto"  # auto: hungarian when K <= classes, else many_to_one (usseg_sdk.metrics.matching_mode)
     class_names: str | None = None  # "a,b,c", class 0 first
     labels_file: Path | None = None
     background: int | None = 0  # class that is not a defect
     ignore_index: int = 255
     mask_threshold: int | None = None  # read masks as binary: values >= this are the defect (usseg_sdk.masks)
+    manual_map: str | None = None
 
 
 @dataclass
 class Calibration:
     mapping: np.ndarray  # (n_clusters,) int64 cluster -> class
-    mode: str
-    scores: SegmentationScores
+    mode: str  # hungarian, many_to_one, miou or manual
+    scores: SegmentationScores | None  # None: a manual mapping without labelled frames
     n_images: int
-    confusion: np.ndarray  # (n_clusters, n_classes) [cluster, class]
+    confusion: np.ndarray | None  # (n_clusters, n_classes) [cluster, class]
     masks: MaskEncoding = CLASS_IDS
 
 
@@ -92,17 +100,19 @@ class CalibrationResult:
         """The JSON report (``calibration.json``, export's ``verify.json``)."""
         cal = self.calibration
         return {"mode": cal.mode, "n_images": cal.n_images, "mapping": cal.mapping.tolist(),
-                "cluster_confusion": cal.confusion.tolist(), "scores": cal.scores.to_dict(),
-                "masks": cal.masks.to_dict()}
+                "cluster_confusion": None if cal.confusion is None else cal.confusion.tolist(),
+                "scores": None if cal.scores is None else cal.scores.to_dict(), "masks": cal.masks.to_dict()}
 
     def summary(self) -> str:
         """The mapping and the scores on the labelled frames, for a person."""
         cal, names, s = self.calibration, self.meta.class_names, self.calibration.scores
-        lines = [f"calibrated on {cal.n_images} images ({cal.mode}); cluster -> class: "
-                 + ", ".join(f"{k}->{names[c]}" for k, c in enumerate(cal.mapping)),
-                 *([f"  masks read as binary: {cal.masks.reason}"] if cal.masks.kind == "binary" else []),
-                 f"  pixel accuracy {s.pixel_accuracy:.4f}  mIoU {s.miou:.4f}  defect IoU {s.defect_iou:.4f}  "
-                 f"defect F1 {s.defect_f1:.4f}"]
+        head = f"calibrated on {cal.n_images} images ({cal.mode})" if cal.n_images else f"{cal.mode} mapping"
+        lines = [f"{head}; cluster -> class: " + ", ".join(f"{k}->{names[c]}" for k, c in enumerate(cal.mapping))]
+        if s is None:
+            return "\n".join([*lines, "  not scored: no labelled frames (--images, --masks)"])
+        lines += [*([f"  masks read as binary: {cal.masks.reason}"] if cal.masks.kind == "binary" else []),
+                  f"  pixel accuracy {s.pixel_accuracy:.4f}  mIoU {s.miou:.4f}  defect IoU {s.defect_iou:.4f}  "
+                  f"defect F1 {s.defect_f1:.4f}"]
         lines += [f"    {name:<20} IoU {iou:.4f}  F1 {f1:.4f}"
                   for name, iou, f1 in zip(names, s.iou, s.f1, strict=True)]
         return "\n".join(lines)
@@ -125,10 +135,10 @@ def find_pairs(images: Path, masks: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def class_names_for(args_names: str | None, labels_file: Path | None, masks: Path) -> list[str] | None:
+def class_names_for(args_names: str | None, labels_file: Path | None, masks: Path | None) -> list[str] | None:
     if args_names:
         return [n.strip() for n in args_names.split(",") if n.strip()]
-    candidates = [labels_file] if labels_file else [masks / "labels.txt", masks.parent / "labels.txt"]
+    candidates = [labels_file] if labels_file else [masks / "labels.txt", masks.parent / "labels.txt"] if masks else []
     for path in candidates:
         if path is not None and path.is_file():
             return [line.strip() for line in path.read_text().splitlines() if line.strip()]
@@ -139,21 +149,41 @@ def class_names_for(args_names: str | None, labels_file: Path | None, masks: Pat
 
 # -- fitting -----------------------------------------------------------------------------------------------------
 def calibrate(seg: Any, options: CalibrationOptions) -> CalibrationResult:
-    """Fit the cluster-to-class mapping of the model ``seg`` (a Segmenter returning clusters) on labelled frames."""
-    if options.mode not in ("auto", *MAPPING_MODES):
-        raise CalibrationError(f"calibration mode must be auto or one of {MAPPING_MODES}, got {options.mode!r}")
-    pairs = find_pairs(options.images, options.masks)
+    """Fit (or take from ``options.manual_map``) the cluster-to-class mapping of the model ``seg`` (a Segmenter
+    returning clusters) and score it on the labelled frames."""
+    _check(options)
+    pairs = find_pairs(options.images, options.masks) if options.images is not None else []
     names = class_names_for(options.class_names, options.labels_file, options.masks)
-    masks = detect_mask_encoding(pairs, options.mask_threshold, len(names) if names else None)
-    n_classes = len(names) if names else max_label(pairs, options.ignore_index, masks) + 1
-    if not names:
-        names = ["background", "defect"] if masks.kind == "binary" else [f"class_{i}" for i in range(n_classes)]
-    cal = fit(seg, pairs, n_classes, options.mode, options.ignore_index, names, options.background, masks)
-    source, base = str(options.images), _written_meta(seg)
+    masks = detect_mask_encoding(pairs, options.mask_threshold, len(names) if names else None) if pairs \
+        else CLASS_IDS
+    if options.manual_map is not None:
+        mapping, names = parse_manual_mapping(options.manual_map, seg.meta.n_clusters, names, options.background)
+        cal = score(seg, pairs, mapping, "manual", options.ignore_index, names, options.background, masks)
+        source = f"--map {options.manual_map}"
+    else:
+        n_classes = len(names) if names else max_label(pairs, options.ignore_index, masks) + 1
+        if not names:
+            names = ["background", "defect"] if masks.kind == "binary" else [f"class_{i}" for i in range(n_classes)]
+        cal = fit(seg, pairs, n_classes, options.mode, options.ignore_index, names, options.background, masks)
+        source = str(options.images)
+    base = _written_meta(seg)
     meta = calibrated_meta(base, cal, names, options.background, source, labels_in_graph=True)
     engine_meta = calibrated_meta(base, cal, names, options.background, source, labels_in_graph=False) \
         if seg.files.engine is not None else None
     return CalibrationResult(meta, cal, engine_meta)
+
+
+def _check(options: CalibrationOptions) -> None:
+    if options.mode not in ("auto", *MAPPING_MODES):
+        raise CalibrationError(f"calibration mode must be auto or one of {MAPPING_MODES}, got {options.mode!r}")
+    if options.manual_map is not None and options.mode != "auto":
+        raise CalibrationError(f"give --map or --mode, not both (--mode {options.mode} fits a mapping, --map "
+                               "names the clusters by hand)")
+    if (options.images is None) != (options.masks is None):
+        raise CalibrationError("--images and --masks go together: frames and their masks")
+    if options.images is None and options.manual_map is None:
+        raise CalibrationError("fitting a mapping needs labelled frames: give --images and --masks (or name the "
+                               "clusters by hand with --map CLUSTER=CLASS,...)")
 
 
 def _written_meta(seg: Any) -> ModelMeta:
@@ -170,11 +200,36 @@ def fit(seg: Any, pairs: list[tuple[Path, Path]], n_classes: int, mode: str = "a
         masks: MaskEncoding = CLASS_IDS) -> Calibration:
     """Run the model's clusters on the pairs and fit the mapping (``mode``: auto or one of ``MAPPING_MODES``).
 
-    A mapping that names no cluster a defect while the masks hold defect pixels is refused (CalibrationError):
-    deployed, it would never report a defect.
+    ``hungarian`` with more clusters than classes gives each class its best cluster (one-to-one) and the other
+    clusters to ``background`` (their majority class when there is none). A mapping that names no cluster a defect
+    while the masks hold defect pixels is refused (CalibrationError): deployed, it would never report a defect.
     """
-    k = seg.meta.n_clusters
-    matrix = ConfusionMatrix(k, n_classes, ignore_index=ignore_index)
+    matrix = confusion(seg, pairs, n_classes, ignore_index, masks)
+    if mode == "hungarian" and seg.meta.n_clusters > n_classes:
+        mapping = _hungarian_with_spare_clusters(matrix.matrix, background)
+    else:
+        mapping, mode = fit_mapping(matrix, mode)
+    _check_names_a_defect(matrix.matrix, mapping, mode, background)
+    return score(seg, pairs, mapping, mode, ignore_index, class_names, background, masks, matrix)
+
+
+def score(seg: Any, pairs: list[tuple[Path, Path]], mapping: np.ndarray, mode: str, ignore_index: int = 255,
+          class_names: list[str] | None = None, background: int | None = 0, masks: MaskEncoding = CLASS_IDS,
+          matrix: ConfusionMatrix | None = None) -> Calibration:
+    """The Calibration of ``mapping`` with its scores on the pairs (None without pairs)."""
+    n_classes = len(class_names) if class_names else matrix.n_gt if matrix is not None else int(mapping.max()) + 1
+    if not pairs:
+        return Calibration(mapping, mode, None, 0, None, masks)
+    matrix = matrix if matrix is not None else confusion(seg, pairs, n_classes, ignore_index, masks)
+    scores = segmentation_scores(apply_mapping(matrix, mapping, n_classes), class_names=class_names,
+                                 background=background)
+    return Calibration(mapping, mode, scores, len(pairs), matrix.matrix.copy(), masks)
+
+
+def confusion(seg: Any, pairs: list[tuple[Path, Path]], n_classes: int, ignore_index: int = 255,
+              masks: MaskEncoding = CLASS_IDS) -> ConfusionMatrix:
+    """[cluster, class] pixel counts of the model's clusters against the masks."""
+    matrix = ConfusionMatrix(seg.meta.n_clusters, n_classes, ignore_index=ignore_index)
     flags = cv2.IMREAD_UNCHANGED if seg.meta.input.channels == 4 else cv2.IMREAD_COLOR
     for image_path, mask_path in pairs:
         frame = cv2.imread(str(image_path), flags)
@@ -182,14 +237,14 @@ def fit(seg: Any, pairs: list[tuple[Path, Path]], n_classes: int, mode: str = "a
             raise CalibrationError(f"cannot read image {image_path}")
         result = seg.predict(frame)
         matrix.update(result.clusters, read_mask(mask_path, result.shape, masks))
-    if mode == "hungarian" and k > n_classes:
-        raise CalibrationError(f"hungarian matching needs clusters <= classes, got {k} clusters for {n_classes} "
-                               "classes; use --mode many_to_one or miou")
-    mapping, mode = fit_mapping(matrix, mode)
-    _check_names_a_defect(matrix.matrix, mapping, mode, background)
-    scores = segmentation_scores(apply_mapping(matrix, mapping, n_classes), class_names=class_names,
-                                 background=background)
-    return Calibration(mapping, mode, scores, len(pairs), matrix.matrix.copy(), masks)
+    return matrix
+
+
+def _hungarian_with_spare_clusters(counts: np.ndarray, background: int | None) -> np.ndarray:
+    class_to_cluster = hungarian_match(counts.T)  # (n_classes,) distinct clusters, one per class
+    mapping = many_to_one_match(counts) if background is None else np.full(counts.shape[0], background, np.int64)
+    mapping[class_to_cluster] = np.arange(counts.shape[1])
+    return mapping
 
 
 def _check_names_a_defect(confusion: np.ndarray, mapping: np.ndarray, mode: str, background: int | None) -> None:
@@ -212,10 +267,7 @@ def calibrated_meta(meta: ModelMeta, cal: Calibration, class_names: list[str], b
     colours = palette(len(class_names))
     classes = [ClassInfo(name=n, color=old.get(n, colours[i]), defect=i != background)
                for i, n in enumerate(class_names)]
-    summary = {"pixel_accuracy": cal.scores.pixel_accuracy, "miou": cal.scores.miou,
-               "defect_iou": cal.scores.defect_iou, "defect_f1": cal.scores.defect_f1}
-    summary.update({f"iou/{n}": float(v) for n, v in zip(class_names, cal.scores.iou, strict=True)})
-    metrics = {k: float(v) for k, v in summary.items() if not math.isnan(v)}
+    metrics = {} if cal.scores is None else _metrics(cal.scores, class_names)
     outputs = meta.outputs if labels_in_graph else meta.outputs.model_copy(update={"labels": None})
     if meta.outputs.scores is not None and not labels_in_graph:
         outputs = outputs.model_copy(update={"scores": None})  # an engine's scores keep the old classes
@@ -223,6 +275,13 @@ def calibrated_meta(meta: ModelMeta, cal: Calibration, class_names: list[str], b
         "classes": classes, "cluster_to_class": [int(c) for c in cal.mapping], "outputs": outputs,
         "mapping": MappingInfo(kind=cal.mode, n_images=cal.n_images, metrics=metrics, source=source)})
     return ModelMeta.from_dict(new.model_dump(mode="json"), origin="calibrated metadata")  # validated again
+
+
+def _metrics(scores: SegmentationScores, class_names: list[str]) -> dict[str, float]:
+    summary = {"pixel_accuracy": scores.pixel_accuracy, "miou": scores.miou, "defect_iou": scores.defect_iou,
+               "defect_f1": scores.defect_f1}
+    summary.update({f"iou/{n}": float(v) for n, v in zip(class_names, scores.iou, strict=True)})
+    return {k: float(v) for k, v in summary.items() if not math.isnan(v)}
 
 
 # -- writing -----------------------------------------------------------------------------------------------------
