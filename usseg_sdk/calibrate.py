@@ -111,7 +111,8 @@ class CalibrationResult:
         if s is None:
             return "\n".join([*lines, "  not scored: no labelled frames (--images, --masks)"])
         lines += [*([f"  masks read as binary: {cal.masks.reason}"] if cal.masks.kind == "binary" else []),
-                  f"  pixel accuracy {s.pixel_accuracy:.4f}  mIoU {s.miou:.4f}  defect IoU {s.defect_iou:.4f}  "
+                  f"  pixel accuracy {s.pixel_accuracy:.4f}  mIoU {s.miou:.4f}  defect IoU {s.defect_iou:.4f} (mean "
+                  f"over the defect classes)  binary defect IoU {s.binary_defect_iou:.4f} (defect vs background)  "
                   f"defect F1 {s.defect_f1:.4f}"]
         lines += [f"    {name:<20} IoU {iou:.4f}  F1 {f1:.4f}"
                   for name, iou, f1 in zip(names, s.iou, s.f1, strict=True)]
@@ -279,7 +280,7 @@ def calibrated_meta(meta: ModelMeta, cal: Calibration, class_names: list[str], b
 
 def _metrics(scores: SegmentationScores, class_names: list[str]) -> dict[str, float]:
     summary = {"pixel_accuracy": scores.pixel_accuracy, "miou": scores.miou, "defect_iou": scores.defect_iou,
-               "defect_f1": scores.defect_f1}
+               "binary_defect_iou": scores.binary_defect_iou, "defect_f1": scores.defect_f1}
     summary.update({f"iou/{n}": float(v) for n, v in zip(class_names, scores.iou, strict=True)})
     return {k: float(v) for k, v in summary.items() if not math.isnan(v)}
 
