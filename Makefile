@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 # Re-install when pyproject.toml changes.
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test lint venv clean wheel
 
 venv: $(STAMP)
 
@@ -23,8 +23,15 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(PY) demo/run.py
 
+# The runtime wheel a line installs: pip install 'dist/usseg_sdk-<version>-py3-none-any.whl[cpu]' (or [gpu]).
+# build/ goes first: setuptools keeps files there that were deleted from usseg_sdk/ since the last build.
+wheel: $(STAMP)
+	rm -rf build dist/usseg_sdk-*.whl
+	$(PY) -m pip wheel --no-deps --no-build-isolation --quiet -w dist .
+	@ls dist/usseg_sdk-*.whl
+
 lint: $(STAMP)
 	$(PY) -m ruff check usseg_sdk training export tests benchmarks deploy demo
 
 clean:
-	rm -rf $(VENV) demo_out runs .pytest_cache
+	rm -rf $(VENV) demo_out runs .pytest_cache build dist

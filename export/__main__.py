@@ -75,10 +75,17 @@ def _add_calibration_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--calibrate", nargs=2, type=Path, metavar=("IMAGES", "MASKS"),
                    help="fit the mapping on labelled frames (masks: class-id PNGs with the images' names)")
     g.add_argument("--mapping", choices=MODES, default="auto",
-                   help="auto: hungarian when K <= classes, else many_to_one; miou: many-to-one for the best mIoU")
+                   help="auto: hungarian when K <= classes, else many_to_one; miou: many-to-one for the best mIoU; "
+                        "hungarian with more clusters than classes: each class its best cluster, the rest background")
+    g.add_argument("--map", dest="manual_map", metavar="CLUSTER=CLASS,...",
+                   help="name the clusters by hand instead of fitting (e.g. 3=scratches,7=scratches); unnamed "
+                        "clusters go to the background class; with --calibrate the frames only score it")
     g.add_argument("--class-names", help="comma-separated class names, class 0 first (default: labels.txt)")
     g.add_argument("--labels-file", type=Path, help="class names, one per line")
     g.add_argument("--background", type=int, default=0, help="class id that is not a defect (-1: none)")
+    g.add_argument("--mask-threshold", type=int,
+                   help="read the masks as binary: values >= T are the defect (default: 0/255 and anti-aliased masks "
+                        "are detected)")
 
 
 def _add_verify_arguments(p: argparse.ArgumentParser) -> None:
@@ -123,10 +130,12 @@ def _size(text: str) -> tuple[int, int]:
 
 def options_from_args(args: argparse.Namespace) -> ExportOptions:
     cal = None
-    if args.calibrate:
-        cal = CalibrationOptions(images=args.calibrate[0], masks=args.calibrate[1], mode=args.mapping,
-                                 class_names=args.class_names, labels_file=args.labels_file,
-                                 background=None if args.background < 0 else args.background)
+    if args.calibrate or args.manual_map:
+        images, masks = args.calibrate or (None, None)
+        cal = CalibrationOptions(images=images, masks=masks, mode=args.mapping, class_names=args.class_names,
+                                 labels_file=args.labels_file,
+                                 background=None if args.background < 0 else args.background,
+                                 mask_threshold=args.mask_threshold, manual_map=args.manual_map)
     base = DEFAULT_THRESHOLDS[args.precision]
     thresholds = Thresholds(
         max_abs_diff=args.max_abs_diff if args.max_abs_diff is not None else base.max_abs_diff,

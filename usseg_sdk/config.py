@@ -3,6 +3,8 @@
 Everything about *what* the model needs (channels, stride, classes) lives in :class:`~usseg_sdk.meta.ModelMeta`;
 this holds the deployment choices a line engineer makes. Every field can also come from an environment
 variable ``USSEG_<FIELD>`` (``SegmenterConfig.from_env()``), so a line can be retuned without a code change.
+Every ``usseg`` command that runs a model takes the same runtime flags (:func:`add_runtime_arguments`) and builds
+its config with :func:`config_from_args`: flag, else environment variable, else default.
 pydantic-settings is not a dependency: the variables are parsed here, and a bad value is a
 :class:`SegmenterConfigError` naming the variable, what it expects and what it got.
 
@@ -14,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -42,6 +45,8 @@ class SegmenterConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     device: Device = "auto"
+    backend: str | None = Field(
+        default=None, description="a registered backend by name (usseg_sdk.backends); None: chosen for the device")
     providers: tuple[str, ...] | None = Field(
         default=None, description="explicit onnxruntime execution providers, in priority order (overrides device)")
     device_id: int = Field(default=0, ge=0)
@@ -108,6 +113,42 @@ class SegmenterConfig(BaseModel):
             raise SegmenterConfigError(_describe(e, "SegmenterConfig from USSEG_* environment variables")) from e
 
 
+def add_runtime_arguments(p: argparse.ArgumentParser, *, device: bool = True, batch_size: bool = True) -> None:
+    """The flags that build a SegmenterConfig; unset ones come from ``USSEG_*`` variables, then defaults.
+
+    ``device`` / ``batch_size`` False leave those out for a command that sweeps them itself (``usseg bench``).
+    """
+    if device:
+        p.add_argument("--device", choices=["auto", "cpu", "cuda", "tensorrt"], help="default: USSEG_DEVICE or auto")
+        p.add_argument("--backend", help="a registered backend by name, e.g. onnxruntime (default: USSEG_BACKEND, "
+                                         "else the best for the device)")
+    p.add_argument("--tile-size", type=_size_argument, help="tile H x W, e.g. 256x512 (default: the model's)")
+    p.add_argument("--overlap", type=int, help="tile overlap in pixels (default: the model's)")
+    p.add_argument("--no-tiling", action="store_true", help="run every frame whole")
+    if batch_size:
+        p.add_argument("--batch-size", type=int, help="frames or tiles per backend call (default 8)")
+    p.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
+
+
+def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None,
+                     **fixed: Any) -> SegmenterConfig:
+    """The SegmenterConfig of :func:`add_runtime_arguments`' flags in ``args``; ``fixed`` fields win over both."""
+    flags = {"device": "device", "backend": "backend", "tile_size": "tile_size", "overlap": "overlap",
+             "batch_size": "batch_size", "intra_op_threads": "threads"}
+    fields = {field: getattr(args, flag, None) for field, flag in flags.items()}
+    fields = {k: v for k, v in fields.items() if v is not None}
+    if getattr(args, "no_tiling", False):
+        fields["tiling"] = False
+    return SegmenterConfig.from_env(environ, **{**fields, **fixed})
+
+
+def _size_argument(text: str) -> tuple[int, int]:
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def parse_bool(raw: str) -> bool:
     low = raw.lower()
     if low in ("1", "true", "yes", "on"):
@@ -147,6 +188,7 @@ def _parse_providers(raw: str) -> tuple[str, ...]:
 
 _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
     "device": str.lower,
+    "backend": str,
     "providers": _parse_providers,
     "device_id": _parse_int,
     "tiling": parse_bool,

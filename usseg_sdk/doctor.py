@@ -1,26 +1,71 @@
-"""``usseg doctor``: what this machine can run — onnxruntime providers, the cpu/gpu wheel conflict, CUDA, TensorRT.
+"""What this machine can run — each ``usseg`` command's needs, onnxruntime providers, the cpu/gpu wheel conflict,
+CUDA, TensorRT.
 
-Never imports torch. GPU facts come from ``nvidia-smi`` when it is on the PATH and from cuda-python / TensorRT
-when they are installed. Exit status 1 when a problem was found (e.g. both onnxruntime wheels installed).
+Each command's optional modules are in :data:`COMMAND_NEEDS`; a module that cannot be imported is reported as
+"usseg COMMAND would fail" with the pip line that installs it (a plain package name, which works however usseg-sdk
+itself was installed: from a checkout, a wheel or an index). Never imports torch. GPU facts come from
+``nvidia-smi`` when it is on the PATH and from cuda-python / TensorRT when they are installed. The command is
+``usseg doctor`` (:mod:`usseg_sdk.cli.doctor`): exit status 1 when a problem was found (a command that would fail,
+both onnxruntime wheels installed, ...).
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import importlib.metadata
-import json
 import platform
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from typing import Any
 
 from usseg_sdk import __version__
+from usseg_sdk.backends import ort as ort_backend
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="print JSON")
+@dataclass(frozen=True)
+class Need:
+    """Something a command imports: any one of ``modules`` will do."""
+
+    modules: tuple[str, ...]
+    purpose: str
+    fix: str
+
+
+BACKEND = Need(("onnxruntime", "tensorrt"), "running a model (onnxruntime for .onnx, tensorrt for engines)",
+               "pip install onnxruntime  (onnxruntime-gpu instead on an NVIDIA GPU; never both)")
+ONNX = Need(("onnx",), "writing a calibrated .onnx model", "pip install onnx")
+# usseg_sdk's core requirements (numpy, opencv, pydantic, scipy) are not listed: without them no command starts.
+COMMAND_NEEDS: dict[str, tuple[Need, ...]] = {
+    "predict": (BACKEND,),
+    "calibrate": (BACKEND, ONNX),
+    "bench": (BACKEND,),
+    "info": (BACKEND,),
+    "doctor": (),
+}
+
+
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except Exception:  # ImportError, or a broken install failing inside its own import (e.g. a missing DLL)
+        return False
+    return True
+
+
+def check_commands() -> dict[str, dict[str, Any]]:
+    """Per command: ``ok`` and the ``missing`` needs (``module``, ``for``, ``fix``)."""
+    importable: dict[str, bool] = {}
+    result = {}
+    for command, needs in COMMAND_NEEDS.items():
+        missing = []
+        for need in needs:
+            found = [importable.setdefault(m, _importable(m)) for m in need.modules]
+            if not any(found):
+                missing.append({"module": " or ".join(need.modules), "for": need.purpose, "fix": need.fix})
+        result[command] = {"ok": not missing, "missing": missing}
+    return result
 
 
 def _version(dist: str) -> str | None:
@@ -32,8 +77,6 @@ def _version(dist: str) -> str | None:
 
 def collect() -> dict[str, Any]:
     """Everything doctor reports, with a list of ``problems`` (empty when all is well)."""
-    from usseg_sdk.backends import ort as ort_backend
-
     report: dict[str, Any] = {"usseg_sdk": __version__, "python": sys.version.split()[0],
                               "platform": platform.platform(), "problems": [], "notes": []}
     report["packages"] = {d: _version(d) for d in ("numpy", "opencv-python-headless", "opencv-python", "pydantic",
@@ -46,11 +89,14 @@ def collect() -> dict[str, Any]:
     report["onnxruntime"] = _onnxruntime(report)
     report["cuda"] = _cuda()
     report["tensorrt"] = _tensorrt()
-    if not dists:
-        report["problems"].append("onnxruntime is not installed: pip install 'usseg-sdk[cpu]' or 'usseg-sdk[gpu]'")
+    report["commands"] = check_commands()
+    for command, check in report["commands"].items():
+        for need in check["missing"]:
+            report["problems"].append(f"usseg {command} would fail: {need['module']} cannot be imported (needed for "
+                                      f"{need['for']}); fix: {need['fix']}")
     if report["cuda"].get("gpus") and "CUDAExecutionProvider" not in report["onnxruntime"].get("providers", []):
         report["problems"].append("an NVIDIA GPU is present but onnxruntime has no CUDA provider: "
-                                  "pip install 'usseg-sdk[gpu]' (and uninstall the CPU-only onnxruntime)")
+                                  "pip uninstall onnxruntime && pip install onnxruntime-gpu")
     return report
 
 
@@ -98,26 +144,3 @@ def _tensorrt() -> dict[str, Any]:
     except ImportError:
         return {"installed": False, "hint": "pip install 'usseg-sdk[trt]' for .engine files"}
     return {"installed": True, "version": trt.__version__}
-
-
-def run(args: argparse.Namespace) -> int:
-    report = collect()
-    if args.json:
-        print(json.dumps(report, indent=2))
-        return 1 if report["problems"] else 0
-    print(f"usseg-sdk {report['usseg_sdk']}  python {report['python']}  {report['platform']}")
-    print("packages   " + "  ".join(f"{k} {v}" for k, v in report["packages"].items() if v))
-    ort = report["onnxruntime"]
-    print(f"onnxruntime {ort.get('version', '-')}  ({', '.join(report['onnxruntime_distributions']) or 'none'})")
-    print(f"providers  {', '.join(ort.get('providers', [])) or '-'}")
-    cuda = report["cuda"]
-    print(f"GPUs       {'; '.join(cuda.get('gpus', [])) or 'none'}  CUDA runtime {cuda.get('cuda_runtime', '-')}")
-    trt = report["tensorrt"]
-    print(f"TensorRT   {trt.get('version', 'not installed')}")
-    for note in report["notes"]:
-        print(f"note: {note}")
-    for problem in report["problems"]:
-        print(f"PROBLEM: {problem}")
-    if not report["problems"]:
-        print("ok")
-    return 1 if report["problems"] else 0

@@ -29,3 +29,8 @@ class BackendUnavailableError(UssegError, RuntimeError):
 
 class RLEError(UssegError, ValueError):
     """A run-length encoded mask is malformed (odd number of values, runs out of range or overlapping)."""
+
+
+class CalibrationError(UssegError, ValueError):
+    """Calibration inputs are unusable (no image/mask pairs, size mismatch, masks of no known encoding) or the
+    fitted mapping is (it names no cluster a defect while the masks hold defects)."""

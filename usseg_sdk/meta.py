@@ -129,7 +129,7 @@ class TilingSpec(_Strict):
 class MappingInfo(_Strict):
     """How ``cluster_to_class`` was obtained, and the calibration metrics when it was fitted on labels."""
 
-    kind: Literal["identity", "hungarian", "many_to_one", "miou"] = "identity"
+    kind: Literal["identity", "hungarian", "many_to_one", "miou", "manual"] = "identity"
     n_images: int = Field(default=0, ge=0)
     metrics: dict[str, float] = Field(default_factory=dict)
     source: str | None = None

@@ -296,7 +296,9 @@ class SegmentationScores:
     Per-class arrays are indexed by class id. IoU, precision, recall and F1 of a class are NaN when their
     denominator is 0 (IoU and F1: the class is absent from both gt and prediction; precision: never predicted;
     recall: absent from gt). ``miou`` / ``defect_iou`` / ``defect_f1`` are NaN-means over all classes / all
-    classes but ``background``.
+    classes but ``background`` ("defect IoU" is the mean IoU over the defect classes). ``binary_defect_iou`` merges
+    the defect classes into one against ``background`` (a defect found but given the wrong defect class counts as
+    found); NaN without a background class or when no pixel is or is predicted a defect.
     """
 
     pixel_accuracy: float
@@ -307,6 +309,7 @@ class SegmentationScores:
     f1: np.ndarray  # (n_classes,) 2 tp / (2 tp + fp + fn)
     defect_iou: float
     defect_f1: float
+    binary_defect_iou: float
     confusion: np.ndarray  # (n_classes, n_classes) [pred_class, gt]
     class_names: tuple[str, ...]
     background: int | None = 0
@@ -330,6 +333,7 @@ class SegmentationScores:
             "miou": _json_float(self.miou),
             "defect_iou": _json_float(self.defect_iou),
             "defect_f1": _json_float(self.defect_f1),
+            "binary_defect_iou": _json_float(self.binary_defect_iou),
             "background": None if self.background is None else self.class_names[self.background],
             "class_names": list(self.class_names),
             "per_class": per_class,
@@ -377,10 +381,18 @@ def segmentation_scores(
         f1=readonly[3],
         defect_iou=_nanmean(iou[defect]),
         defect_f1=_nanmean(f1[defect]),
+        binary_defect_iou=_binary_defect_iou(confusion, defect) if background is not None else float("nan"),
         confusion=_readonly(confusion.copy()),
         class_names=names,
         background=background,
     )
+
+
+def _binary_defect_iou(confusion: np.ndarray, defect: np.ndarray) -> float:
+    """IoU of "some defect class" in prediction and ground truth; ``defect`` is a (n,) bool mask of the classes."""
+    both = float(confusion[np.ix_(defect, defect)].sum())
+    union = float(confusion[defect].sum() + confusion[:, defect].sum()) - both
+    return both / union if union > 0 else float("nan")
 
 
 def evaluate_clusters(

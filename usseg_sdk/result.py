@@ -23,6 +23,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from usseg_sdk.legend import draw_legend
 from usseg_sdk.meta import ModelMeta
 
 
@@ -120,7 +121,9 @@ class Segmentation:
 
         ``frame`` defaults to the predicted frame (grey frames are shown grey); without one the colour map alone
         is returned. Non-defect classes are left unpainted unless ``background``. ``contours`` outlines each
-        defect region; ``legend`` writes the class names in their colours.
+        defect region; ``legend`` lists the painted classes present, a colour swatch and the name each
+        (:mod:`usseg_sdk.legend`): on the frame when it takes at most a sixth of it, else in a strip below the
+        frame, and the picture is then taller than the frame.
         """
         frame = self.frame if frame is None else frame
         palette = np.array([c.color[::-1] for c in self.meta.classes], np.uint8)  # meta colours are RGB
@@ -128,7 +131,8 @@ class Segmentation:
         if frame is None:
             return colour
         base = _as_bgr(frame, self.shape)
-        painted = self.labels != 255 if background else np.isin(self.labels, self._defect_ids())
+        shown = list(range(self.meta.n_classes)) if background else self._defect_ids()
+        painted = np.isin(self.labels, shown)
         out = base.copy()
         blend = cv2.addWeighted(base, 1.0 - alpha, colour, alpha, 0.0)
         out[painted] = blend[painted]
@@ -138,7 +142,9 @@ class Segmentation:
                 found, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
                 cv2.drawContours(out, found, -1, tuple(int(v) for v in palette[cid]), 1)
         if legend:
-            _draw_legend(out, self.meta, palette)
+            present = np.flatnonzero(np.bincount(self.labels.ravel(), minlength=self.meta.n_classes))
+            ids = [c for c in shown if c in set(present.tolist())]
+            out = draw_legend(out, [self.meta.classes[c].name for c in ids], [tuple(palette[c]) for c in ids])
         return out
 
     def _defect_ids(self) -> list[int]:
@@ -163,15 +169,3 @@ def _as_bgr(frame: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     if frame.ndim == 2 or frame.shape[2] == 1:
         return cv2.cvtColor(frame.reshape(shape), cv2.COLOR_GRAY2BGR)
     return np.ascontiguousarray(frame[:, :, :3])
-
-
-def _draw_legend(img: np.ndarray, meta: ModelMeta, palette: np.ndarray) -> None:
-    scale = max(0.35, min(img.shape[:2]) / 600)
-    step = int(22 * scale) + 4
-    for i, info in enumerate(meta.classes):
-        y = 6 + step * (i + 1)
-        if y > img.shape[0]:
-            break
-        colour = tuple(int(v) for v in palette[i])
-        cv2.putText(img, info.name, (6, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 3, cv2.LINE_AA)
-        cv2.putText(img, info.name, (6, y), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, 1, cv2.LINE_AA)

@@ -5,7 +5,9 @@ see :mod:`usseg_sdk.backends`), and turns frames into the graph's input entirely
 and channels, padding to the stride (reflect, cropped back), ``min_size``, optional resize to the native size,
 and tiling of frames larger than the tile (centre-crop stitching, :mod:`usseg_sdk.tiling`). Labels come from the
 graph's ``labels`` output, or from ``clusters`` through ``meta.cluster_to_class`` when the meta says
-``outputs.labels = None`` (TensorRT engines recalibrated by ``usseg calibrate``).
+``outputs.labels = None`` (TensorRT engines recalibrated by ``usseg calibrate``, or a ``model.json`` whose edited
+mapping differs from the graph's). Which metadata is used — ``model.json`` or the ONNX file's embedded copy — is
+:mod:`usseg_sdk.meta_source`'s rule; ``seg.meta_source`` says which.
 
 Threads: ``predict`` may be called from several threads on one Segmenter. onnxruntime sessions run concurrently;
 a TensorRT context runs one inference at a time (the backend locks), so give each thread ``seg.clone()`` — a new
@@ -34,8 +36,9 @@ import numpy as np
 
 from usseg_sdk.backends import Backend, ModelFiles, find_model_files, open_backend
 from usseg_sdk.config import SegmenterConfig, SegmenterConfigError
-from usseg_sdk.errors import ModelLoadError, ModelMetaError
-from usseg_sdk.meta import METADATA_KEY, ModelMeta
+from usseg_sdk.errors import ModelLoadError
+from usseg_sdk.meta import ModelMeta
+from usseg_sdk.meta_source import MetaSource, load_meta
 from usseg_sdk.preprocess import (
     channel_order,
     fill_padded,
@@ -93,7 +96,9 @@ class Segmenter:
         self.config = config
         self.files: ModelFiles = find_model_files(model)
         self.backend: Backend = open_backend(self.files, config)
-        self.meta: ModelMeta = load_meta(self.backend)
+        self.meta: ModelMeta
+        self.meta_source: MetaSource  # which file the metadata came from (model.json wins over the embedded copy)
+        self.meta, self.meta_source = load_meta(self.backend)
         self._setup_io()
         self._local = threading.local()
         log.info("usseg: loaded %s (%s) with %s", self.backend.path, self.meta.method, self.backend.describe())
@@ -252,7 +257,8 @@ class Segmenter:
         """Model, backend and runtime settings, for logs and ``usseg info``."""
         return {"model": str(self.backend.path), "backend": self.backend.describe(),
                 "input": self._input_name, "outputs": self._fetch, "tile_size": self._tile,
-                "overlap": self._overlap, "batch_size": self._chunk, "meta": self.meta.model_dump(mode="json")}
+                "overlap": self._overlap, "batch_size": self._chunk, "meta_source": self.meta_source.to_dict(),
+                "meta": self.meta.model_dump(mode="json")}
 
     def close(self) -> None:
         self.backend.close()
@@ -398,24 +404,3 @@ def _label_map(out: dict[str, np.ndarray], name: str | None, expect: tuple[int, 
     if array.shape != expect:
         raise ModelLoadError(f"{path}: output {name!r} has shape {array.shape}, expected (B, H, W) = {expect}")
     return array if array.dtype == np.uint8 else array.astype(np.uint8)
-
-
-def load_meta(backend: Backend) -> ModelMeta:
-    """The model's metadata: embedded in the ONNX file, else the sidecar ``<model>.json`` or ``model.json``.
-
-    Every failure is a ModelLoadError naming the file (a newer schema says to upgrade usseg-sdk).
-    """
-    path = backend.path
-    try:
-        props = backend.metadata()
-        if METADATA_KEY in props:
-            return ModelMeta.from_metadata_props(props, origin=f"{path} (embedded {METADATA_KEY})")
-        for sidecar in (path.with_name(path.name + ".json"), path.with_suffix(".json"),
-                        path.with_name("model.json")):
-            if sidecar.is_file():
-                log.info("usseg: metadata for %s from sidecar %s", path, sidecar)
-                return ModelMeta.load(sidecar)
-    except ModelMetaError as e:
-        raise ModelLoadError(str(e)) from e
-    raise ModelLoadError(f"{path} has no usseg metadata (no {METADATA_KEY!r} in the model, no sidecar "
-                         f"{path.name}.json / {path.stem}.json / model.json): not a model exported by usseg")

@@ -87,7 +87,7 @@ def test_cpu_and_gpu_onnxruntime_installed_together(monkeypatch, caplog):
 
 def test_onnxruntime_missing_names_the_extra(models, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    with pytest.raises(BackendUnavailableError, match=r"pip install 'usseg-sdk\[cpu\]'"):
+    with pytest.raises(BackendUnavailableError, match=r"pip install onnxruntime \(CPU\) or onnxruntime-gpu"):
         Segmenter(models["grey"], device="cpu")
 
 

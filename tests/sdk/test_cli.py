@@ -127,11 +127,12 @@ def test_calibrate_recovers_a_known_mapping(models, tmp_path, capsys, mode, n_cl
     rc = main(["calibrate", "-m", str(models["grey"].parent), "--images", str(tmp_path / "images"), "--masks",
                str(tmp_path / "masks"), "--out", str(tmp_path / "cal"), "--device", "cpu", "--mode", mode])
     out = capsys.readouterr().out
-    assert rc == 0 and "pixel accuracy 1.0000" in out
+    assert rc == 0 and "pixel accuracy 1.0000" in out and "binary defect IoU 1.0000 (defect vs background)" in out
     new = Segmenter(tmp_path / "cal", config=SegmenterConfig(device="cpu"))
     assert new.meta.cluster_to_class == perm and new.meta.class_names == names
     assert new.meta.mapping.kind == ("hungarian" if mode == "auto" else "many_to_one")
     assert new.meta.mapping.metrics["pixel_accuracy"] == 1.0 and new.meta.mapping.n_images == 4
+    assert new.meta.mapping.metrics["binary_defect_iou"] == 1.0
     assert ModelMeta.load(tmp_path / "cal" / "model.json") == new.meta
     frame = frames["img0.png"]
     res = new.predict(frame)
@@ -150,7 +151,9 @@ def test_calibrate_without_onnx_package(models, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "onnx", None)
     rc = main(["calibrate", "-m", str(models["grey"]), "--images", str(tmp_path / "images"), "--masks",
                str(tmp_path / "masks"), "--out", str(tmp_path / "cal"), "--device", "cpu", "--class-names", "a,b"])
-    assert rc == 2 and "needs the onnx package: pip install onnx" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 2 and "needs the onnx package" in err and err.rstrip().endswith("pip install onnx")
+    assert "export" not in err  # the export extra installs torch; a line needs only onnx
 
 
 def test_calibrated_engine_gets_a_sidecar_mapping_clusters(models, tmp_path):

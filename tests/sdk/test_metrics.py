@@ -408,3 +408,17 @@ def test_fit_mapping_rejects_an_unknown_mode_and_hungarian_with_too_many_cluster
         metrics.fit_mapping(np.eye(2), "majority")
     with pytest.raises(ValueError, match="many_to_one"):
         metrics.fit_mapping(np.ones((3, 2)), "hungarian")
+
+
+def test_binary_defect_iou_by_hand():
+    """Defect classes merged against background: [pred, gt] with background 0 and defects 1, 2."""
+    confusion = np.array([[8, 1, 0],
+                          [0, 1, 1],
+                          [1, 0, 2]])
+    s = segmentation_scores(confusion)
+    # predicted defect (rows 1-2) 5 px, true defect (columns 1-2) 5 px, both 1 + 1 + 0 + 2 = 4 px: 4 / (5 + 5 - 4)
+    assert s.binary_defect_iou == pytest.approx(4 / 6)
+    assert s.defect_iou == pytest.approx((1 / 3 + 2 / 4) / 2)  # mean over the defect classes: a confused defect
+    assert s.to_dict()["binary_defect_iou"] == pytest.approx(4 / 6)  # class still counts as found
+    assert np.isnan(segmentation_scores(confusion, background=None).binary_defect_iou)
+    assert segmentation_scores(np.array([[5, 0], [0, 0]])).to_dict()["binary_defect_iou"] is None  # no defect

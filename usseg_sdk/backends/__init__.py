@@ -2,9 +2,17 @@
 
 ``onnxruntime`` (``backends/ort.py``: CPU, CUDA and TensorRT execution providers) runs ``.onnx`` files;
 ``tensorrt`` (``backends/tensorrt.py``) runs serialised ``.engine`` / ``.plan`` files natively. A third backend
-is one file with a :class:`~usseg_sdk.backends.base.Backend` subclass and one ``register_backend`` line.
+is one file with a :class:`~usseg_sdk.backends.base.Backend` subclass and one :func:`register_backend` line (here,
+or in the line's own code): its name, the model files it runs, the devices it serves and its priority. Selection
+(:func:`open_backend`) reads only the registry:
 
-Device choice (:func:`open_backend`):
+* ``SegmenterConfig.backend`` (``--backend``, ``USSEG_BACKEND``) names one: it is used, or the error says why not
+  (unknown name, a model file it does not run, a device it does not serve). ``providers`` imply onnxruntime.
+* Otherwise the backends that run one of the model files on ``config.device`` are tried by priority, highest
+  first. An explicit device takes the first and raises its error; ``device="auto"`` falls back to the next with a
+  WARNING naming both.
+
+With the two built-in backends this gives:
 
 ===========  ===========================================  ==============================================
 device       ``.onnx``                                    ``.engine`` (or an export dir holding one)
@@ -29,19 +37,52 @@ from usseg_sdk.errors import BackendUnavailableError, ModelLoadError
 
 log = logging.getLogger(__name__)
 
-_BACKENDS: dict[str, str] = {
-    "onnxruntime": "usseg_sdk.backends.ort:OnnxRuntimeBackend",
-    "tensorrt": "usseg_sdk.backends.tensorrt:TensorRTBackend",
-}
+DEVICES = ("auto", "cpu", "cuda", "tensorrt")
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
-__all__ = ["Backend", "ModelFiles", "TensorInfo", "available_backends", "find_model_files", "get_backend",
-           "open_backend", "register_backend"]
+__all__ = ["Backend", "BackendSpec", "ModelFiles", "TensorInfo", "available_backends", "find_model_files",
+           "get_backend", "open_backend", "register_backend"]
 
 
-def register_backend(name: str, target: str) -> None:
-    """Register ``"package.module:ClassName"`` under ``name``; the module is imported on first use."""
-    _BACKENDS[name] = target
+@dataclass(frozen=True)
+class BackendSpec:
+    """A registered backend: what it runs, where, and how eagerly it is chosen."""
+
+    name: str
+    target: str  # "package.module:ClassName", imported on first use
+    suffixes: tuple[str, ...]  # model files it runs
+    devices: tuple[str, ...]  # SegmenterConfig.device values it serves
+    priority: int = 0  # higher is tried first when several backends could run a model
+    kind: str = "model"  # what its files are, for messages ("TensorRT engine")
+    hardware: str = ""  # where it runs, for messages ("an NVIDIA GPU"); default: its devices
+
+
+_BACKENDS: dict[str, BackendSpec] = {}
+
+
+def register_backend(name: str, target: str, *, suffixes: tuple[str, ...] = (".onnx",),
+                     devices: tuple[str, ...] = DEVICES, priority: int = 0, kind: str = "model",
+                     hardware: str = "") -> None:
+    """Register ``"package.module:ClassName"`` under ``name``; the module is imported on first use.
+
+    The class is constructed as ``cls(model_path, device, config)`` and raises BackendUnavailableError when its
+    library or device is missing (``device="auto"`` then tries the next backend).
+
+    Example:
+        >>> register_backend("openvino", "my_line.openvino_backend:OpenVINOBackend", devices=("cpu", "auto"),
+        ...                  priority=5)  # doctest: +SKIP
+    """
+    bad = [d for d in devices if d not in DEVICES]
+    if bad:
+        raise ValueError(f"backend {name!r}: devices must be among {DEVICES}, got {bad}")
+    _BACKENDS[name] = BackendSpec(name, target, tuple(s.lower() for s in suffixes), tuple(devices), priority, kind,
+                                  hardware)
+
+
+register_backend("onnxruntime", "usseg_sdk.backends.ort:OnnxRuntimeBackend", suffixes=(".onnx",), priority=10,
+                 kind="ONNX model")
+register_backend("tensorrt", "usseg_sdk.backends.tensorrt:TensorRTBackend", suffixes=ENGINE_SUFFIXES,
+                 devices=("auto", "cuda", "tensorrt"), priority=20, kind="TensorRT engine", hardware="an NVIDIA GPU")
 
 
 def available_backends() -> list[str]:
@@ -51,7 +92,7 @@ def available_backends() -> list[str]:
 def get_backend(name: str) -> type[Backend]:
     if name not in _BACKENDS:
         raise BackendUnavailableError(f"unknown backend {name!r}; registered: {available_backends()}")
-    module, _, cls = _BACKENDS[name].partition(":")
+    module, _, cls = _BACKENDS[name].target.partition(":")
     return getattr(importlib.import_module(module), cls)
 
 
@@ -98,18 +139,46 @@ def _pick(folder: Path, names: tuple[str, ...], suffixes: tuple[str, ...]) -> Pa
 
 
 def open_backend(files: ModelFiles, config: SegmenterConfig) -> Backend:
-    """Open the backend for ``config.device`` (see the table in the module docstring)."""
+    """Open the backend for ``config`` (see the module docstring: by name, else by priority for the device)."""
     device = config.device
-    if config.providers is not None or files.engine is None or device == "cpu":
-        if files.onnx is None:
-            raise BackendUnavailableError(f"{files.engine} is a TensorRT engine, which runs only on an NVIDIA GPU "
-                                          f"(device={device!r}, providers={config.providers}); load the .onnx")
-        return get_backend("onnxruntime")(files.onnx, device, config)
-    try:
-        return get_backend("tensorrt")(files.engine, device, config)
-    except BackendUnavailableError as e:
-        if device != "auto" or files.onnx is None:
-            raise
-        log.warning("device='auto': cannot run the TensorRT engine %s (%s); falling back to %s with onnxruntime",
-                    files.engine, e, files.onnx)
-        return get_backend("onnxruntime")(files.onnx, device, config)
+    name = config.backend or ("onnxruntime" if config.providers is not None else None)  # providers: onnxruntime's
+    candidates = _candidates(files, device, name)
+    for i, (spec, path) in enumerate(candidates):
+        try:
+            return get_backend(spec.name)(path, device, config)
+        except BackendUnavailableError as e:
+            if device != "auto" or i + 1 == len(candidates):
+                raise
+            nxt, nxt_path = candidates[i + 1]
+            log.warning("device='auto': cannot run the %s %s with %s (%s); falling back to %s with %s", spec.kind,
+                        path, spec.name, e, nxt_path, nxt.name)
+    raise AssertionError("unreachable: _candidates never returns an empty list")
+
+
+def _candidates(files: ModelFiles, device: str, name: str | None) -> list[tuple[BackendSpec, Path]]:
+    """(backend, model file) pairs that could run on ``device``, best first; BackendUnavailableError when none."""
+    paths = [p for p in (files.engine, files.onnx) if p is not None]
+    if name is not None and name not in _BACKENDS:
+        raise BackendUnavailableError(f"unknown backend {name!r}; registered: {available_backends()}")
+    specs = [_BACKENDS[name]] if name is not None else sorted(_BACKENDS.values(), key=lambda s: -s.priority)
+    found = [(s, p) for s in specs for p in paths if p.suffix.lower() in s.suffixes and device in s.devices]
+    if not found:
+        raise _no_backend(paths, device, name)
+    return found
+
+
+def _no_backend(paths: list[Path], device: str, name: str | None) -> BackendUnavailableError:
+    if name is not None:
+        spec = _BACKENDS[name]
+        if not any(p.suffix.lower() in spec.suffixes for p in paths):
+            return BackendUnavailableError(f"backend {name!r} runs {'/'.join(spec.suffixes)} files; the model is "
+                                           f"{' + '.join(str(p) for p in paths)}")
+        return BackendUnavailableError(f"backend {name!r} does not run on device {device!r} (it serves "
+                                       f"{', '.join(spec.devices)})")
+    path = paths[0]
+    owners = [s for s in _BACKENDS.values() if path.suffix.lower() in s.suffixes]
+    what = "; ".join(f"a {s.kind}, which runs only on {s.hardware or 'devices ' + ', '.join(s.devices)} "
+                     f"(backend {s.name})" for s in owners) or "a file no registered backend runs"
+    usable = sorted({x for s in _BACKENDS.values() if device in s.devices for x in s.suffixes})
+    return BackendUnavailableError(f"{path} is {what}; on device {device!r} load a {'/'.join(usable)} model "
+                                   "instead (an export folder holds model.onnx)")

@@ -51,7 +51,8 @@ def import_onnxruntime() -> Any:
         return importlib.import_module("onnxruntime")
     except ImportError as e:
         raise BackendUnavailableError(
-            "onnxruntime is not installed: pip install 'usseg-sdk[cpu]' (CPU) or 'usseg-sdk[gpu]' (CUDA/TensorRT)"
+            "onnxruntime is not installed: pip install onnxruntime (CPU) or onnxruntime-gpu (CUDA/TensorRT), never "
+            "both; they are usseg-sdk's [cpu] and [gpu] extras"
         ) from e
 
 
@@ -73,7 +74,8 @@ def conflict_message(dists: list[str]) -> str | None:
         return None
     return (f"several onnxruntime distributions are installed together ({', '.join(dists)}); they share the "
             "'onnxruntime' module and the last one installed wins, which often leaves only the CPU provider. "
-            "Fix: pip uninstall -y " + " ".join(dists) + " && pip install 'usseg-sdk[gpu]' (or [cpu])")
+            "Fix: pip uninstall -y " + " ".join(dists) + " && pip install onnxruntime-gpu (or onnxruntime for the "
+            "CPU only)")
 
 
 def warn_if_conflicting() -> None:
