@@ -20,12 +20,13 @@ and the data position (see ``training/loaders.py``) and on CPU repeats the unint
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import os
 import platform
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -36,7 +37,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from training import checkpoint as ckpt_io
-from training.config import TrainConfig, resolve_config, train_config, write_config
+from training.config import RunConfig, TrainConfig, resolve_run_config, write_config
 from training.distributed import (
     DistEnv,
     all_gather_objects,
@@ -47,7 +48,7 @@ from training.distributed import (
     init_distributed,
     shutdown_distributed,
 )
-from training.errors import CheckpointError, ConfigError, DataError, TrainingError
+from training.errors import CheckpointError, ConfigError, TrainingError
 from training.evaluation import cluster_confusions, score_confusions
 from training.loaders import eval_loader, seed_everything, train_loader
 from training.methods.base import FitContext, Method, build_method
@@ -118,17 +119,19 @@ class _StepModule(nn.Module):
         return self.method.training_step(batch, self.ctx)
 
 
-def fit(config: dict[str, Any], run_dir: str | os.PathLike, *, resume: bool = False,
+def fit(config: RunConfig | Mapping[str, Any], run_dir: str | os.PathLike, *, resume: bool = False,
         train_dataset: Dataset | None = None, eval_dataset: Dataset | None = None,
         progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> FitResult:
     """Train ``config``'s method, writing the run directory. See the module docstring and presets/README.md.
 
-    ``resume``: continue from ``run_dir/checkpoints/last`` (``config`` may change engine keys such as
+    ``config``: a :class:`~training.config.RunConfig` (``resolve_run_config``), or a config dict, resolved here
+    once. ``resume``: continue from ``run_dir/checkpoints/last`` (``config`` may change engine keys such as
     ``train.epochs``; changed keys are logged). ``train_dataset``/``eval_dataset`` replace the ones
-    ``config["data"]`` describes (library use, tests). ``should_stop`` is polled after every step (the CLI
+    ``config``'s ``data`` describes (library use, tests). ``should_stop`` is polled after every step (the CLI
     sets it from SIGTERM/SIGINT); the run then stops cleanly with a checkpoint.
     """
-    trainer = _Trainer(config, Path(run_dir), resume=resume, train_dataset=train_dataset,
+    run_config = config if isinstance(config, RunConfig) else resolve_run_config(config)
+    trainer = _Trainer(run_config, Path(run_dir), resume=resume, train_dataset=train_dataset,
                        eval_dataset=eval_dataset, progress=progress, should_stop=should_stop)
     try:
         return trainer.run()
@@ -154,21 +157,17 @@ def lr_factor(step: int, cfg: TrainConfig, total_steps: int | None) -> float:
     return 1.0
 
 
-def build_datasets(data: dict[str, Any]) -> tuple[Dataset, Dataset | None]:
-    try:
-        from training.data import build_dataset
-    except ImportError as e:
-        raise DataError(f"training.data.build_dataset is not available ({e}); pass datasets to fit()") from e
-    train = build_dataset(data["train"], train=True)
-    evaluation = build_dataset(data["eval"], train=False) if data.get("eval") else None
+def build_datasets(config: RunConfig) -> tuple[Dataset, Dataset | None]:
+    train = config.train_data.build()
+    evaluation = config.eval_data.build() if config.eval_data is not None and config.eval_data.spec else None
     return train, evaluation
 
 
 class _Trainer:
-    def __init__(self, config: dict[str, Any], run_dir: Path, *, resume: bool, train_dataset: Dataset | None,
+    def __init__(self, config: RunConfig, run_dir: Path, *, resume: bool, train_dataset: Dataset | None,
                  eval_dataset: Dataset | None, progress: Progress | None, should_stop: Callable[[], bool] | None):
-        self.config = resolve_config(config)
-        self.cfg = train_config(self.config)
+        self.config = config
+        self.cfg = config.train
         self.should_stop = should_stop
         self._saved_flags = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
                              torch.backends.cudnn.deterministic)
@@ -192,7 +191,8 @@ class _Trainer:
             self._check_fresh_run_dir()
         self._setup_precision()
         seed_everything(self.cfg.seed)
-        self.method = build_method(self.config["method"], self.config["method_config"]).to(device)
+        # a copy: the method owns its config object, the RunConfig stays as resolved (config.yaml, checkpoints)
+        self.method = build_method(self.config.method, copy.deepcopy(self.config.method_config)).to(device)
         if self.cfg.sync_batchnorm and self.env.enabled:
             self._convert_sync_batchnorm()
         self.optimizer = self.method.configure_optimizer()
@@ -257,7 +257,7 @@ class _Trainer:
     def _build_loaders(self, train_dataset: Dataset | None, eval_dataset: Dataset | None) -> None:
         cfg, env = self.cfg, self.env
         if train_dataset is None:
-            train_dataset, built_eval = build_datasets(self.config["data"])
+            train_dataset, built_eval = build_datasets(self.config)
             eval_dataset = eval_dataset if eval_dataset is not None else built_eval
         self.eval_dataset = eval_dataset
         pin = self.device.type == "cuda"
@@ -290,9 +290,9 @@ class _Trainer:
     # -- resume ----------------------------------------------------------------------------------------
     def _load_checkpoint(self, ckpt: ckpt_io.Checkpoint) -> None:
         state = ckpt.state
-        if state["method"] != self.config["method"]:
+        if state["method"] != self.config.method:
             raise CheckpointError(f"{ckpt.path / ckpt_io.STATE_FILE}: the checkpoint is of method "
-                                  f"{state['method']!r}, the config asks for {self.config['method']!r}")
+                                  f"{state['method']!r}, the config asks for {self.config.method!r}")
         self._log_config_changes(state["config"])
         ckpt_io.load_model_state(self.method, ckpt)
         self.method.load_extra_state(state.get("extra_state") or {})
@@ -318,7 +318,7 @@ class _Trainer:
         log.info("resuming %s from step %d (epoch %d, batch %d)", self.run_dir, c.step, c.epoch, c.batch_in_epoch)
 
     def _log_config_changes(self, saved: dict[str, Any]) -> None:
-        changes = _diff(saved, self.config)
+        changes = _diff(saved, self.config.to_dict())
         for key, (old, new) in changes.items():
             log.warning("config changed on resume: %s: %r -> %r", key, old, new)
 
@@ -346,7 +346,7 @@ class _Trainer:
     def run(self) -> FitResult:
         if self.env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_config(self.config, self.run_dir / CONFIG_FILE)
+            write_config(self.config.to_dict(), self.run_dir / CONFIG_FILE)
         barrier(self.env)
         self._clock, self._paused_s = time.monotonic(), 0.0  # the budget counts the loop, not the setup
         self._window_clock = (self._clock, 0.0)
@@ -375,10 +375,10 @@ class _Trainer:
         amp = f"AMP {str(self.amp_dtype).removeprefix('torch.')}" if self.use_amp else "fp32"
         n_params = sum(p.numel() for p in self.method.parameters() if p.requires_grad)
         log.info("training %s (%.2fM parameters) on %s (%s), %d process(es), batch %d x %d, %d steps/epoch, "
-                 "run dir %s", self.config["method"], n_params / 1e6, self.device, amp, self.env.world_size,
+                 "run dir %s", self.config.method, n_params / 1e6, self.device, amp, self.env.world_size,
                  self.cfg.batch_size, self.env.world_size, self.steps_per_epoch, self.run_dir)
         resumed = {} if self.resume_from is None else {"checkpoint": str(self.resume_from.path)}
-        self._event("resume" if resumed else "start", method=self.config["method"], device=str(self.device),
+        self._event("resume" if resumed else "start", method=self.config.method, device=str(self.device),
                     amp=self.use_amp, world_size=self.env.world_size, steps_per_epoch=self.steps_per_epoch,
                     total_steps=self.total_steps, **resumed)
 
@@ -422,7 +422,7 @@ class _Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
             out = self.model(batch) if self.env.enabled else self.method.training_step(batch, ctx)
-        loss, logs = _split_output(out, self.config["method"])
+        loss, logs = _split_output(out, self.config.method)
         values, flags = self._reduce_step_values(loss, logs)
         if not math.isfinite(values["loss"]):
             raise self._non_finite(f"the loss is {values['loss']}")
@@ -584,7 +584,7 @@ class _Trainer:
         if not self.env.is_main:
             return
         try:
-            plot_curves(self.metrics.path, self.run_dir / CURVES_FILE, title=f"{self.config['method']} "
+            plot_curves(self.metrics.path, self.run_dir / CURVES_FILE, title=f"{self.config.method} "
                         f"({self.run_dir.name})")
         except Exception as e:  # a plotting problem must not lose a finished run
             log.warning("could not draw %s: %s", self.run_dir / CURVES_FILE, e)
@@ -648,8 +648,8 @@ class _Trainer:
         c = self.c
         return {
             "format_version": ckpt_io.FORMAT_VERSION,
-            "method": self.config["method"],
-            "config": self.config,
+            "method": self.config.method,
+            "config": self.config.to_dict(),
             "step": c.step,
             "epoch": c.epoch,
             "batch_in_epoch": c.batch_in_epoch,
