@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset, get_worker_info
+from torch.utils.data._utils.collate import default_collate
 
 from training.errors import DataError
 
@@ -210,3 +211,24 @@ class RunLoaders:
         return cls(train=train, sampler=sampler, aux=aux, aux_sampler=aux_sampler, evaluation=evaluation,
                    steps_per_epoch=steps, total_steps=min(total, cfg.max_steps) if cfg.max_steps else total,
                    class_names=class_names, n_classes=len(class_names) if class_names else main_clusters)
+
+
+# -- whole images in order: fitting and scoring the baselines ----------------------------------------------------
+def image_loader(dataset: Dataset, *, batch_size: int, num_workers: int = 0, limit: int | None = None,
+                 seed: int = 0) -> DataLoader:
+    """Ordered loader of whole images; ``limit`` keeps a seeded random subset of that many images."""
+    n = len(dataset)  # type: ignore[arg-type]
+    if limit is not None and limit < n:
+        keep = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+        dataset = Subset(dataset, keep.tolist())
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      collate_fn=collate_same_size)
+
+
+def collate_same_size(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """default_collate, with a clear error when whole images of different sizes meet in one batch."""
+    sizes = {tuple(item["image"].shape) for item in items}
+    if len(sizes) > 1:
+        raise DataError(f"images of different sizes {sorted(sizes)[:4]} in one batch: use --batch-size 1 "
+                        f"(or a dataset spec with eval_crop / short_side)")
+    return default_collate(items)
