@@ -17,7 +17,7 @@ from usseg_sdk.errors import UssegError
 SUBCOMMANDS = {
     # name: (module, help)
     "fit": ("training.cli_fit", "train a method on images (presets, --set overrides, --resume)"),
-    "baseline": ("training.baselines", "score per-pixel k-means or random-CNN + k-means baselines"),
+    "baseline": ("training.cli_baseline", "score per-pixel k-means or random-CNN + k-means baselines"),
     "methods": ("training.cli_methods", "list the registered methods and their config fields"),
 }
 

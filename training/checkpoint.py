@@ -14,6 +14,9 @@ replaces the old one by two renames (old -> ``.NAME.old``, new -> ``NAME``). A r
 missing takes ``.NAME.old`` (the writer died between the renames). A directory whose manifest is missing or
 does not match its files is not a checkpoint: :class:`~training.errors.CheckpointError` names the file.
 Loading never executes code: ``safetensors`` and ``json`` only, no ``torch.load``.
+
+A training run's ``state.json`` (the loop's :class:`LoopState`, the log window, RNGs, scaler) is written by
+:func:`run_state` and loaded back on resume by :func:`restore_run`; :func:`load_method` is export's entry point.
 """
 
 from __future__ import annotations
@@ -23,12 +26,14 @@ import hashlib
 import json
 import logging
 import os
+import platform
 import random
 import shutil
 import tempfile
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,7 +42,11 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from training.errors import CheckpointError, ConfigError, UnknownMethodError
+from training.metrics_log import StepWindow
 from usseg_sdk.atomic import write_bytes_atomic, write_text_atomic
+
+if TYPE_CHECKING:
+    from training.methods.base import Method
 
 log = logging.getLogger(__name__)
 
@@ -395,3 +404,135 @@ def run_info(ckpt: Checkpoint) -> RunInfo:
                    epoch=int(state["epoch"]), metrics=dict(state.get("metrics") or {}), checkpoint_dir=ckpt.path,
                    run_dir=run_dir, elapsed_s=float(state.get("elapsed_s", 0.0)),
                    world_size=int(state.get("world_size", 1)))
+
+
+# -- a training run: what a checkpoint saves of the loop and what resume restores ------------------------
+@dataclass
+class LoopState:
+    """The loop's position and scores, saved in ``state.json`` and restored on resume."""
+
+    step: int = 0  # optimiser steps done
+    epoch: int = 0  # current epoch (epochs completed)
+    batch_in_epoch: int = 0  # global batches of the current epoch already trained on
+    best_miou: float | None = None
+    best_step: int | None = None
+    last_eval: dict[str, Any] | None = None
+    last_eval_step: int | None = None
+
+
+@dataclass
+class Resumed:
+    """What a resumed run takes from its checkpoint besides the weights, optimiser and scaler state it loaded."""
+
+    checkpoint: Checkpoint
+    loop: LoopState
+    elapsed_s: float  # training time of the run so far
+    log_lines: int  # metrics.jsonl lines when the checkpoint was written
+    window: StepWindow  # the step values not yet written to metrics.jsonl
+    rng: dict[str, Any] | None  # this rank's RNG states, restored after on_fit_start
+
+
+def resume_checkpoint(run_dir: Path) -> Checkpoint:
+    """``RUN/checkpoints/last``, or a CheckpointError saying there is nothing to resume."""
+    found = checkpoint_dir(run_dir, "last")
+    if found is None:
+        raise CheckpointError(f"{run_dir / CHECKPOINTS_DIR / 'last'}: no complete checkpoint to resume from (the "
+                              "run stopped before its first checkpoint; start it again)")
+    return open_checkpoint(found)
+
+
+def refuse_used_run_dir(run_dir: Path) -> None:
+    """A fresh run must not overwrite another run's checkpoints."""
+    if any(checkpoint_dir(run_dir, n) for n in ("last", "best")):
+        raise ConfigError(f"{run_dir} already holds checkpoints: resume it (--resume {run_dir}) "
+                          "or choose another --out")
+
+
+def run_state(*, config: dict[str, Any], loop: LoopState, elapsed_s: float, steps_per_epoch: int,
+              batch_size: int, world_size: int, extra_state: dict[str, Any], rngs: list[dict[str, Any]],
+              scaler: dict[str, Any] | None, log_lines: int, window: StepWindow) -> dict[str, Any]:
+    """The ``state.json`` of a training checkpoint (``config`` is the resolved config as plain data)."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "method": config["method"],
+        "config": config,
+        "step": loop.step,
+        "epoch": loop.epoch,
+        "batch_in_epoch": loop.batch_in_epoch,
+        "steps_per_epoch": steps_per_epoch,
+        "batch_size": batch_size,
+        "world_size": world_size,
+        "elapsed_s": elapsed_s,
+        "metrics": {"eval": loop.last_eval, "eval_step": loop.last_eval_step, "best_miou": loop.best_miou,
+                    "best_step": loop.best_step},
+        "extra_state": extra_state,
+        "rng": rngs,
+        "scaler": scaler,
+        "log": {"lines": log_lines, "window": window.sums, "window_steps": window.steps},
+        "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"torch": torch.__version__, "python": platform.python_version()},
+    }
+
+
+def restore_run(ckpt: Checkpoint, *, config: dict[str, Any], method: Method,
+                optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, batch_size: int, rank: int,
+                world_size: int) -> Resumed:
+    """Load ``ckpt`` into the run's method, optimiser and scaler; return the rest of what the run resumes with.
+
+    ``config`` (the resolved config as plain data) may differ from the saved one; every changed key is logged.
+    """
+    state = ckpt.state
+    if state["method"] != config["method"]:
+        raise CheckpointError(f"{ckpt.path / STATE_FILE}: the checkpoint is of method {state['method']!r}, the "
+                              f"config asks for {config['method']!r}")
+    for key, (old, new) in _diff(state["config"], config).items():
+        log.warning("config changed on resume: %s: %r -> %r", key, old, new)
+    load_model_state(method, ckpt)
+    method.load_extra_state(state.get("extra_state") or {})
+    try:
+        optimizer.load_state_dict(ckpt.optimizer_state())
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise CheckpointError(f"{ckpt.path / OPTIMIZER_SKELETON}: does not fit the method's optimizer: {e}") from e
+    if scaler.is_enabled() and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    metrics = state.get("metrics") or {}
+    loop = LoopState(step=int(state["step"]), epoch=int(state["epoch"]),
+                     batch_in_epoch=_batch_position(state, batch_size, world_size),
+                     best_miou=metrics.get("best_miou"), best_step=metrics.get("best_step"),
+                     last_eval=metrics.get("eval"), last_eval_step=metrics.get("eval_step"))
+    log_state = state.get("log") or {}
+    return Resumed(checkpoint=ckpt, loop=loop, elapsed_s=float(state.get("elapsed_s", 0.0)),
+                   log_lines=int(log_state.get("lines", 0)),
+                   window=StepWindow(dict(log_state.get("window") or {}), int(log_state.get("window_steps", 0))),
+                   rng=_rng_of_rank(state.get("rng") or [], ckpt, rank, world_size))
+
+
+def _batch_position(state: dict[str, Any], batch_size: int, world_size: int) -> int:
+    saved_global = int(state.get("batch_size", batch_size)) * int(state.get("world_size", 1))
+    global_batch = batch_size * world_size
+    position = int(state.get("batch_in_epoch", 0))
+    if saved_global != global_batch:
+        log.warning("global batch changed on resume (%d -> %d images): the run continues at the nearest "
+                    "batch and will not repeat the uninterrupted one exactly", saved_global, global_batch)
+        position = position * saved_global // global_batch
+    return position
+
+
+def _rng_of_rank(rngs: list[dict[str, Any]], ckpt: Checkpoint, rank: int, world_size: int) -> dict[str, Any] | None:
+    if not rngs:
+        log.warning("%s has no RNG state: randomness will differ from the uninterrupted run", ckpt.path)
+        return None
+    if len(rngs) != world_size:
+        log.warning("checkpoint written by %d processes, resumed by %d: every rank takes RNG state %d",
+                    len(rngs), world_size, 0)
+        return rngs[0]
+    return rngs[rank]
+
+
+def _diff(old: Any, new: Any, prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = {}
+        for key in sorted(set(old) | set(new)):
+            out.update(_diff(old.get(key), new.get(key), f"{prefix}{key}."))
+        return out
+    return {} if old == new else {prefix.rstrip("."): (old, new)}

@@ -24,14 +24,7 @@ from types import FrameType
 from typing import Any
 
 from training import checkpoint as ckpt_io
-from training.config import (
-    apply_overrides,
-    available_presets,
-    dump_config,
-    load_preset,
-    resolve_config,
-    with_data_roots,
-)
+from training.config import RunConfig, available_presets, dump_config, load_preset, resolve_run_config
 from training.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -70,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         config, run_dir = _fresh_config(args)
     if args.print_config:
-        print(dump_config(config), end="")
+        print(dump_config(config.to_dict()), end="")
         return 0
     if int(os.environ.get("RANK", "0")) != 0:  # DDP: rank 0 speaks for the job
         logging.getLogger().setLevel(logging.WARNING)
@@ -99,17 +92,17 @@ def _import_plugin(module: str) -> None:
         raise ConfigError(f"--plugin {module}: cannot import it ({e})") from e
 
 
-def _fresh_config(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
+def _fresh_config(args: argparse.Namespace) -> tuple[RunConfig, Path]:
     if not args.preset:
         names = ", ".join(available_presets()) or "(none bundled)"
         raise ConfigError(f"--preset is required to start a run (bundled presets: {names}; or a YAML path)")
-    raw = with_data_roots(load_preset(args.preset), args.data, args.eval_data)
-    config = resolve_config(apply_overrides(raw, args.overrides))
+    config = resolve_run_config(load_preset(args.preset), overrides=args.overrides, data=args.data,
+                                eval_data=args.eval_data)
     run_dir = Path(args.out) if args.out else default_run_dir(args.preset)
     return config, run_dir
 
 
-def _resume_config(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
+def _resume_config(args: argparse.Namespace) -> tuple[RunConfig, Path]:
     if args.preset:
         raise ConfigError("--resume continues a run with its saved config; drop --preset (use --set to change keys)")
     if isinstance(args.resume, str):
@@ -122,8 +115,8 @@ def _resume_config(args: argparse.Namespace) -> tuple[dict[str, Any], Path]:
     if found is None:
         raise CheckpointError(f"{run_dir / ckpt_io.CHECKPOINTS_DIR / 'last'}: no complete checkpoint to resume from")
     saved = ckpt_io.open_checkpoint(found).state["config"]
-    raw = with_data_roots(saved, args.data, args.eval_data)
-    return resolve_config(apply_overrides(raw, args.overrides)), run_dir
+    config = resolve_run_config(saved, overrides=args.overrides, data=args.data, eval_data=args.eval_data)
+    return config, run_dir
 
 
 def default_run_dir(preset: str, base: Path = RUNS_DIR) -> Path:

@@ -8,8 +8,10 @@ A config has four top-level keys (docs/ARCHITECTURE.md "Presets"; every engine k
     data: {train: {...}, eval: null} # training.data.build_dataset specs
     train: {epochs: 10, ...}         # engine settings, TrainConfig below
 
-:func:`resolve_config` fills every default (the method's config dataclass and :class:`TrainConfig`) so the
-``config.yaml`` written to a run directory is explicit and reproduces the run by itself.
+:func:`resolve_run_config` resolves a preset (or a saved config), ``--data`` roots and ``--set`` overrides once
+into a typed :class:`RunConfig` (the method's config dataclass, :class:`TrainConfig`, checked dataset specs) that
+``training.engine.fit`` takes; :meth:`RunConfig.to_dict` is the ``config.yaml`` written to a run directory,
+explicit (every default filled) so it reproduces the run by itself.
 """
 
 from __future__ import annotations
@@ -18,15 +20,18 @@ import copy
 import dataclasses
 import json
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from training.data.registry import dataset_config, dataset_kinds
+from training.data.image_dataset import ImageDataset
+from training.data.registry import build_dataset, dataset_config, dataset_kinds
 from training.errors import ConfigError
-from training.methods.base import config_from_dict, config_to_dict, get_method_class
+from training.methods.base import MethodConfig, config_from_dict, config_to_dict, get_method_class
+from training.nets.input_adapter import migrate_legacy_keys
 from usseg_sdk.atomic import write_text_atomic
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
@@ -159,8 +164,7 @@ def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, A
     """Return a copy of ``config`` with every ``key=value`` applied (intermediate mappings are created)."""
     config = copy.deepcopy(config)
     for text in overrides:
-        path, value = parse_override(text)
-        set_dotted(config, path, value)
+        set_dotted(config, *parse_override(text))
     return config
 
 
@@ -177,8 +181,51 @@ def set_dotted(config: dict[str, Any], path: list[str], value: Any) -> None:
 
 
 # -- resolution ---------------------------------------------------------------------------------------
-def resolve_config(raw: dict[str, Any]) -> dict[str, Any]:
-    """Validate every key and fill every default. Unknown keys raise ConfigError listing the valid ones."""
+@dataclass(frozen=True)
+class DataSpec:
+    """One ``data.train`` / ``data.eval`` entry: the mapping as written (``spec``) and, when its kind is
+    registered, the dataset class and validated config it builds, so a spec is checked once, before training."""
+
+    spec: dict[str, Any]
+    train: bool
+    dataset_class: type[ImageDataset] | None = None  # None: a kind not registered when the config was resolved
+    dataset_config: Any = None
+
+    def build(self) -> ImageDataset:
+        if self.dataset_class is None:  # fails here (naming the valid kinds) unless a plugin registered it since
+            return build_dataset(self.spec, train=self.train)
+        return self.dataset_class(self.dataset_config, train=self.train)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A resolved run config: every key checked, every default filled. Built by :func:`resolve_run_config`."""
+
+    method: str
+    method_config: MethodConfig
+    train: TrainConfig
+    train_data: DataSpec
+    eval_data: DataSpec | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain YAML/JSON data, as ``config.yaml`` and ``state.json`` hold it (tuples become lists)."""
+        data = {"train": self.train_data.spec, "eval": None if self.eval_data is None else self.eval_data.spec}
+        resolved = {"method": self.method, "method_config": config_to_dict(self.method_config), "data": data,
+                    "train": dataclasses.asdict(self.train)}
+        try:  # a JSON round trip, so a config read back from YAML or state.json compares equal
+            return json.loads(json.dumps(resolved))
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"the config holds a value that is not plain YAML/JSON data: {e}") from e
+
+
+def resolve_run_config(raw: Mapping[str, Any], *, overrides: Sequence[str] = (), data: str | None = None,
+                       eval_data: str | None = None) -> RunConfig:
+    """Resolve ``raw`` (a preset, a saved config, a library caller's dict) with the ``--data`` / ``--eval-data``
+    roots and then the ``--set`` overrides applied. Unknown keys raise ConfigError listing the valid ones."""
+    raw = copy.deepcopy(dict(raw))
+    _set_data_roots(raw, data, eval_data)
+    for text in overrides:
+        set_dotted(raw, *parse_override(text))
     unknown = sorted(set(raw) - set(TOP_LEVEL_KEYS))
     if unknown:
         raise ConfigError(f"unknown top-level key(s) {unknown}; valid keys: {', '.join(TOP_LEVEL_KEYS)}")
@@ -186,21 +233,21 @@ def resolve_config(raw: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(method, str) or not method:
         raise ConfigError("the config names no method (set `method:` in the preset or --set method=NAME)")
     method_cls = get_method_class(method)
-    method_config = _section(raw, "method_config")
-    method_config = config_to_dict(_build_dataclass(method_cls.config_class, method_config, "method_config"))
+    values = migrate_legacy_keys(dict(_section(raw, "method_config")), method_cls.config_class.legacy_keys,
+                                 method_cls.config_class.__name__)
+    method_config = _build_dataclass(method_cls.config_class, values, "method_config")
     train = _build_dataclass(TrainConfig, _section(raw, "train"), "train")
     train.validate()
-    resolved = {"method": method, "method_config": method_config, "data": _resolve_data(raw.get("data")),
-                "train": dataclasses.asdict(train)}
-    try:  # plain JSON types (tuples -> lists) so a config read back from YAML or state.json compares equal
-        return json.loads(json.dumps(resolved))
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"the config holds a value that is not plain YAML/JSON data: {e}") from e
+    train_data, eval_data = _resolve_data(raw.get("data"))
+    run = RunConfig(method=method, method_config=method_config, train=train, train_data=train_data,
+                    eval_data=eval_data)
+    run.to_dict()  # values that YAML cannot hold fail now, not at the first checkpoint
+    return run
 
 
-def train_config(config: dict[str, Any]) -> TrainConfig:
-    """The TrainConfig of a resolved config."""
-    return _build_dataclass(TrainConfig, config.get("train") or {}, "train")
+def resolve_config(raw: dict[str, Any]) -> dict[str, Any]:
+    """``resolve_run_config(raw)`` as plain data (what ``config.yaml`` holds)."""
+    return resolve_run_config(raw).to_dict()
 
 
 def _section(raw: dict[str, Any], name: str) -> dict[str, Any]:
@@ -224,7 +271,7 @@ def _build_dataclass(cls: type, values: dict[str, Any], where: str) -> Any:
         raise ConfigError(f"{where}: {e}") from e
 
 
-def _resolve_data(data: Any) -> dict[str, Any]:
+def _resolve_data(data: Any) -> tuple[DataSpec, DataSpec | None]:
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"`data` must be a mapping with keys {', '.join(DATA_KEYS)}, got {data!r}")
@@ -232,27 +279,37 @@ def _resolve_data(data: Any) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"unknown key(s) {[f'data.{k}' for k in unknown]}; valid keys under data: "
                           f"{', '.join(DATA_KEYS)}")
-    resolved = {}
-    for name in DATA_KEYS:
-        spec = data.get(name)
-        if spec is not None and not isinstance(spec, dict):
-            raise ConfigError(f"data.{name} must be a dataset spec mapping (kind, root, ...) or null, got {spec!r}")
-        if spec is not None and spec.get("kind") in dataset_kinds():
-            try:  # unknown keys fail here, not minutes into a run (an unknown kind fails when the data is built:
-                #   library callers may hand fit() their own dataset objects with a free-form spec)
-                dataset_config(spec, train=name == "train")
-            except ConfigError as e:
-                raise ConfigError(f"data.{name}: {e}") from None
-        resolved[name] = copy.deepcopy(spec)
-    if resolved["train"] is None:
+    specs = {name: _data_spec(name, data.get(name)) for name in DATA_KEYS}
+    if specs["train"] is None:
         raise ConfigError("the config has no data.train dataset spec")
-    return resolved
+    return specs["train"], specs["eval"]
+
+
+def _data_spec(name: str, spec: Any) -> DataSpec | None:
+    if spec is None:
+        return None
+    if not isinstance(spec, dict):
+        raise ConfigError(f"data.{name} must be a dataset spec mapping (kind, root, ...) or null, got {spec!r}")
+    train = name == "train"
+    if spec.get("kind") not in dataset_kinds():  # library callers may hand fit() their own dataset objects
+        return DataSpec(spec, train)
+    try:  # unknown keys fail here, not minutes into a run
+        cls, config = dataset_config(spec, train=train)
+    except ConfigError as e:
+        raise ConfigError(f"data.{name}: {e}") from None
+    return DataSpec(spec, train, cls, config)
 
 
 def with_data_roots(raw: dict[str, Any], train_root: str | None, eval_root: str | None) -> dict[str, Any]:
-    """Apply ``--data`` / ``--eval-data``. An eval root without an eval spec becomes a labelled ``mask_folder``
-    with the training spec's channels (the layout of the bundled sample)."""
+    """Return a copy of ``raw`` with ``--data`` / ``--eval-data`` applied (see :func:`_set_data_roots`)."""
     raw = copy.deepcopy(raw)
+    _set_data_roots(raw, train_root, eval_root)
+    return raw
+
+
+def _set_data_roots(raw: dict[str, Any], train_root: str | None, eval_root: str | None) -> None:
+    """An eval root without an eval spec becomes a labelled ``mask_folder`` with the training spec's channels
+    (the layout of the bundled sample)."""
     data = raw.setdefault("data", {}) or {}
     raw["data"] = data
     if train_root is not None:
@@ -264,7 +321,6 @@ def with_data_roots(raw: dict[str, Any], train_root: str | None, eval_root: str 
             if "channels" in train:
                 data["eval"]["channels"] = train["channels"]
         data["eval"]["root"] = str(eval_root)
-    return raw
 
 
 def dump_config(config: dict[str, Any]) -> str:

@@ -15,19 +15,23 @@ A non-finite loss (like MAE's ``math.isfinite(loss)`` guard) or non-finite weigh
 :class:`NonFiniteLossError` before anything is stepped or saved, so ``checkpoints/last`` keeps the last good
 weights. A resumed run restores weights, optimiser, GradScaler, ``extra_state``, the RNG states of every rank
 and the data position (see ``training/loaders.py``) and on CPU repeats the uninterrupted run bit for bit.
+
+Read it top to bottom: :func:`fit` -> ``_Trainer.__init__`` (the setup, in the order resume relies on) ->
+``run`` -> ``_run_epoch`` -> ``_train_step`` -> ``_after_step`` -> ``_evaluate`` / ``_save`` -> ``_finish``. What a
+checkpoint saves of the loop and what resume restores is in ``training/checkpoint.py`` (``LoopState``,
+``run_state``, ``restore_run``), the log window in ``training/metrics_log.py`` (``StepWindow``), the training
+clock in ``training/stopwatch.py``, the loaders in ``training/loaders.py`` (``RunLoaders``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import math
 import os
-import platform
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -36,7 +40,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from training import checkpoint as ckpt_io
-from training.config import TrainConfig, resolve_config, train_config, write_config
+from training.config import RunConfig, TrainConfig, resolve_run_config, write_config
 from training.distributed import (
     DistEnv,
     all_gather_objects,
@@ -47,12 +51,13 @@ from training.distributed import (
     init_distributed,
     shutdown_distributed,
 )
-from training.errors import CheckpointError, ConfigError, DataError, TrainingError
+from training.errors import ConfigError, TrainingError
 from training.evaluation import cluster_confusions, score_confusions
-from training.loaders import eval_loader, seed_everything, train_loader
+from training.loaders import RunLoaders, seed_everything
 from training.methods.base import FitContext, Method, build_method
-from training.metrics_log import MetricsLog
+from training.metrics_log import MetricsLog, StepWindow
 from training.plots import plot_curves
+from training.stopwatch import Stopwatch
 
 log = logging.getLogger(__name__)
 
@@ -87,53 +92,29 @@ class Progress(Protocol):
     def epoch_end(self) -> None: ...
 
 
-@dataclass
-class _Counters:
-    """Everything about the loop's position that a checkpoint must restore."""
-
-    step: int = 0  # optimiser steps done
-    epoch: int = 0  # current epoch (epochs completed)
-    batch_in_epoch: int = 0  # global batches of the current epoch already trained on
-    elapsed_s: float = 0.0  # training time of the run so far, across resumes
-    best_miou: float | None = None
-    best_step: int | None = None
-    last_eval: dict[str, Any] | None = None
-    last_eval_step: int | None = None
-    window: dict[str, float] = field(default_factory=dict)  # sums of the step values since the last log line
-    window_steps: int = 0
-
-
-class _StepModule(nn.Module):
-    """DDP wraps ``forward``; this forwards to ``training_step`` so DDP's reducer sees every step.
-
-    The context is an attribute, not an argument: DDP would rebuild a dataclass argument on every call.
-    """
-
-    def __init__(self, method: Method):
-        super().__init__()
-        self.method = method
-        self.ctx: FitContext | None = None
-
-    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
-        return self.method.training_step(batch, self.ctx)
-
-
-def fit(config: dict[str, Any], run_dir: str | os.PathLike, *, resume: bool = False,
+def fit(config: RunConfig | Mapping[str, Any], run_dir: str | os.PathLike, *, resume: bool = False,
         train_dataset: Dataset | None = None, eval_dataset: Dataset | None = None,
         progress: Progress | None = None, should_stop: Callable[[], bool] | None = None) -> FitResult:
     """Train ``config``'s method, writing the run directory. See the module docstring and presets/README.md.
 
-    ``resume``: continue from ``run_dir/checkpoints/last`` (``config`` may change engine keys such as
+    ``config``: a :class:`~training.config.RunConfig` (``resolve_run_config``), or a config dict, resolved here
+    once. ``resume``: continue from ``run_dir/checkpoints/last`` (``config`` may change engine keys such as
     ``train.epochs``; changed keys are logged). ``train_dataset``/``eval_dataset`` replace the ones
-    ``config["data"]`` describes (library use, tests). ``should_stop`` is polled after every step (the CLI
+    ``config``'s ``data`` describes (library use, tests). ``should_stop`` is polled after every step (the CLI
     sets it from SIGTERM/SIGINT); the run then stops cleanly with a checkpoint.
     """
-    trainer = _Trainer(config, Path(run_dir), resume=resume, train_dataset=train_dataset,
-                       eval_dataset=eval_dataset, progress=progress, should_stop=should_stop)
+    config = config if isinstance(config, RunConfig) else resolve_run_config(config)
+    device = select_device(config.train.device)
+    env = init_distributed(device.type)
+    if env.enabled and device.type == "cuda":
+        device = torch.device("cuda", env.local_rank)  # one GPU per process
     try:
-        return trainer.run()
+        with _torch_flags_restored():
+            trainer = _Trainer(config, Path(run_dir), env, device, resume=resume, train_dataset=train_dataset,
+                               eval_dataset=eval_dataset, progress=progress, should_stop=should_stop)
+            return trainer.run()
     finally:
-        trainer.close()
+        shutdown_distributed(env)
 
 
 def select_device(spec: str) -> torch.device:
@@ -154,210 +135,72 @@ def lr_factor(step: int, cfg: TrainConfig, total_steps: int | None) -> float:
     return 1.0
 
 
-def build_datasets(data: dict[str, Any]) -> tuple[Dataset, Dataset | None]:
-    try:
-        from training.data import build_dataset
-    except ImportError as e:
-        raise DataError(f"training.data.build_dataset is not available ({e}); pass datasets to fit()") from e
-    train = build_dataset(data["train"], train=True)
-    evaluation = build_dataset(data["eval"], train=False) if data.get("eval") else None
-    return train, evaluation
-
-
 class _Trainer:
-    def __init__(self, config: dict[str, Any], run_dir: Path, *, resume: bool, train_dataset: Dataset | None,
-                 eval_dataset: Dataset | None, progress: Progress | None, should_stop: Callable[[], bool] | None):
-        self.config = resolve_config(config)
-        self.cfg = train_config(self.config)
-        self.should_stop = should_stop
-        self._saved_flags = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
-                             torch.backends.cudnn.deterministic)
-        device = select_device(self.cfg.device)
-        self.env: DistEnv = init_distributed(device.type)
-        try:
-            self._setup(device, run_dir, resume, train_dataset, eval_dataset, progress)
-        except BaseException:
-            self.close()
-            raise
+    """One run. ``__init__`` builds what a step needs, in an order a resumed run repeats exactly (seed, method,
+    optimiser, data, then the checkpoint); ``run`` is the loop, read top to bottom."""
 
-    def _setup(self, device: torch.device, run_dir: Path, resume: bool, train_dataset: Dataset | None,
-               eval_dataset: Dataset | None, progress: Progress | None) -> None:
-        if self.env.enabled and device.type == "cuda":
-            device = torch.device("cuda", self.env.local_rank)
-        self.device = device
-        self.progress = progress if self.env.is_main else None
-        self.run_dir = Path(broadcast_object(str(run_dir), self.env))
-        self.resume_from = self._find_resume_checkpoint() if resume else None
+    def __init__(self, config: RunConfig, run_dir: Path, env: DistEnv, device: torch.device, *, resume: bool,
+                 train_dataset: Dataset | None, eval_dataset: Dataset | None, progress: Progress | None,
+                 should_stop: Callable[[], bool] | None):
+        self.config, self.cfg, self.env, self.device, self.should_stop = config, config.train, env, device, should_stop
+        self.progress = progress if env.is_main else None
+        self.run_dir = Path(broadcast_object(str(run_dir), env))
+        resume_from = ckpt_io.resume_checkpoint(self.run_dir) if resume else None
         if not resume:
-            self._check_fresh_run_dir()
-        self._setup_precision()
+            ckpt_io.refuse_used_run_dir(self.run_dir)
+        self.precision = _Precision.setup(self.cfg, device)
         seed_everything(self.cfg.seed)
-        self.method = build_method(self.config["method"], self.config["method_config"]).to(device)
-        if self.cfg.sync_batchnorm and self.env.enabled:
-            self._convert_sync_batchnorm()
+        self.method = _build_method(config, device, env)
         self.optimizer = self.method.configure_optimizer()
         for group in self.optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.use_amp and self.amp_dtype == torch.float16)
-        self._build_loaders(train_dataset, eval_dataset)
-        self.c = _Counters()
-        self.metrics = MetricsLog(self.run_dir / METRICS_FILE, enabled=self.env.is_main)
-        self._restored_rng: dict[str, Any] | None = None
-        if self.resume_from is not None:
-            self._load_checkpoint(self.resume_from)
-        self.model: nn.Module = self._wrap_ddp()
-        self.ctx = FitContext(device=device, epoch=self.c.epoch, step=self.c.step, train_loader=self.aux_loader,
-                              rank=self.env.rank, world_size=self.env.world_size, amp=self.use_amp,
-                              log=self._hook_log, epochs=self.cfg.epochs, steps_per_epoch=self.steps_per_epoch,
-                              total_steps=self.total_steps, run_dir=self.run_dir,
-                              all_reduce_sum=differentiable_all_reduce_sum if self.env.enabled else _identity)
+        self.data = _loaders(config, self.method, device, env, train_dataset, eval_dataset)
+        self.metrics = MetricsLog(self.run_dir / METRICS_FILE, enabled=env.is_main)
+        self.resumed = resumed = None if resume_from is None else self._restore(resume_from)
+        self.loop = resumed.loop if resumed else ckpt_io.LoopState()
+        self.window = resumed.window if resumed else StepWindow()
+        self.clock = Stopwatch(resumed.elapsed_s if resumed else 0.0)
+        self.model = _wrap_ddp(self.method, env, device, self.cfg)
+        self.ctx = FitContext(device=device, epoch=self.loop.epoch, step=self.loop.step,
+                              train_loader=self.data.aux, rank=env.rank, world_size=env.world_size,
+                              amp=self.precision.amp, log=self._hook_log, epochs=self.cfg.epochs,
+                              steps_per_epoch=self.data.steps_per_epoch, total_steps=self.data.total_steps,
+                              run_dir=self.run_dir,
+                              all_reduce_sum=differentiable_all_reduce_sum if env.enabled else _identity)
         if isinstance(self.model, nn.parallel.DistributedDataParallel):
             self.model.module.ctx = self.ctx
-        self._clock = time.monotonic()
-        self._paused_s = 0.0
-        self._elapsed_base = self.c.elapsed_s
-        self._window_clock = (time.monotonic(), 0.0)
-        self._last_saved_step = self.c.step if self.resume_from is not None else -1
+        self._last_saved_step = self.loop.step if resumed else -1
         self._warned_main_matching = False
 
-    # -- setup -----------------------------------------------------------------------------------------
-    def _find_resume_checkpoint(self) -> ckpt_io.Checkpoint:
-        found = ckpt_io.checkpoint_dir(self.run_dir, "last")
-        if found is None:
-            raise CheckpointError(f"{self.run_dir / ckpt_io.CHECKPOINTS_DIR / 'last'}: no complete checkpoint "
-                                  "to resume from (the run stopped before its first checkpoint; start it again)")
-        return ckpt_io.open_checkpoint(found)
-
-    def _check_fresh_run_dir(self) -> None:
-        if any(ckpt_io.checkpoint_dir(self.run_dir, n) for n in ("last", "best")):
-            raise ConfigError(f"{self.run_dir} already holds checkpoints: resume it (--resume {self.run_dir}) "
-                              "or choose another --out")
-
-    def _setup_precision(self) -> None:
-        cfg, device = self.cfg, self.device
-        self.use_amp = cfg.amp and device.type == "cuda"
-        self.amp_dtype = torch.bfloat16 if cfg.amp_dtype == "bfloat16" else torch.float16
-        if self.use_amp and self.amp_dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-            log.warning("this GPU has no bfloat16: AMP falls back to float16 with loss scaling")
-            self.amp_dtype = torch.float16
-        if cfg.deterministic:
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.use_deterministic_algorithms(True, warn_only=True)  # ops without a deterministic kernel warn
-            torch.backends.cudnn.deterministic = True
-            torch.backends.cudnn.benchmark = False
-        elif device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-
-    def _convert_sync_batchnorm(self) -> None:
-        if self.device.type != "cuda":
-            log.warning("train.sync_batchnorm needs CUDA; BatchNorm stays per process")
-            return
-        self.method = nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
-
-    def _build_loaders(self, train_dataset: Dataset | None, eval_dataset: Dataset | None) -> None:
-        cfg, env = self.cfg, self.env
-        if train_dataset is None:
-            train_dataset, built_eval = build_datasets(self.config["data"])
-            eval_dataset = eval_dataset if eval_dataset is not None else built_eval
-        self.eval_dataset = eval_dataset
-        pin = self.device.type == "cuda"
-        common = dict(batch_size=cfg.batch_size, seed=cfg.seed, num_workers=cfg.num_workers, rank=env.rank,
-                      world_size=env.world_size, pin_memory=pin)
-        self.train_loader, self.sampler = train_loader(train_dataset, stream=0, **common)
-        # ctx.train_loader: the same images in another order and other random crops (stream 1), for hooks
-        # such as PiCIE's per-epoch k-means; it never shifts the training stream.
-        self.aux_loader, self.aux_sampler = train_loader(train_dataset, stream=1, **common)
-        self.steps_per_epoch = self.sampler.batches_per_epoch
-        total = cfg.epochs * self.steps_per_epoch
-        self.total_steps = min(total, cfg.max_steps) if cfg.max_steps else total
-        self.eval_loader = None
-        if eval_dataset is not None:
-            self.eval_loader = eval_loader(eval_dataset, batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers,
-                                           rank=env.rank, world_size=env.world_size, pin_memory=pin)
-        # The number of classes comes from the labelled split's class names; without names it is the main K.
-        self.class_names = getattr(eval_dataset, "class_names", None)
-        self.n_classes = len(self.class_names) if self.class_names else self.method.eval_heads()["main"]
-
-    def _wrap_ddp(self) -> nn.Module:
-        if not self.env.enabled:
-            return self.method
-        from torch.nn.parallel import DistributedDataParallel
-
-        device_ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(_StepModule(self.method), device_ids=device_ids,
-                                       find_unused_parameters=self.cfg.find_unused_parameters)
-
-    # -- resume ----------------------------------------------------------------------------------------
-    def _load_checkpoint(self, ckpt: ckpt_io.Checkpoint) -> None:
-        state = ckpt.state
-        if state["method"] != self.config["method"]:
-            raise CheckpointError(f"{ckpt.path / ckpt_io.STATE_FILE}: the checkpoint is of method "
-                                  f"{state['method']!r}, the config asks for {self.config['method']!r}")
-        self._log_config_changes(state["config"])
-        ckpt_io.load_model_state(self.method, ckpt)
-        self.method.load_extra_state(state.get("extra_state") or {})
-        try:
-            self.optimizer.load_state_dict(ckpt.optimizer_state())
-        except (ValueError, KeyError, RuntimeError) as e:
-            raise CheckpointError(f"{ckpt.path / ckpt_io.OPTIMIZER_SKELETON}: does not fit the method's "
-                                  f"optimizer: {e}") from e
-        if self.scaler.is_enabled() and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        c = self.c
-        c.step, c.epoch = int(state["step"]), int(state["epoch"])
-        c.batch_in_epoch = self._resumed_batch_position(state)
-        c.elapsed_s = float(state.get("elapsed_s", 0.0))
-        metrics = state.get("metrics") or {}
-        c.best_miou, c.best_step = metrics.get("best_miou"), metrics.get("best_step")
-        c.last_eval, c.last_eval_step = metrics.get("eval"), metrics.get("eval_step")
-        log_state = state.get("log") or {}
-        c.window = dict(log_state.get("window") or {})
-        c.window_steps = int(log_state.get("window_steps", 0))
-        self._resume_log_lines = int(log_state.get("lines", 0))
-        self._restored_rng = self._rng_for_this_rank(state.get("rng") or [], ckpt)
-        log.info("resuming %s from step %d (epoch %d, batch %d)", self.run_dir, c.step, c.epoch, c.batch_in_epoch)
-
-    def _log_config_changes(self, saved: dict[str, Any]) -> None:
-        changes = _diff(saved, self.config)
-        for key, (old, new) in changes.items():
-            log.warning("config changed on resume: %s: %r -> %r", key, old, new)
-
-    def _resumed_batch_position(self, state: dict[str, Any]) -> int:
-        saved_global = int(state.get("batch_size", self.cfg.batch_size)) * int(state.get("world_size", 1))
-        global_batch = self.cfg.batch_size * self.env.world_size
-        position = int(state.get("batch_in_epoch", 0))
-        if saved_global != global_batch:
-            log.warning("global batch changed on resume (%d -> %d images): the run continues at the nearest "
-                        "batch and will not repeat the uninterrupted one exactly", saved_global, global_batch)
-            position = position * saved_global // global_batch
-        return position
-
-    def _rng_for_this_rank(self, rngs: list[dict[str, Any]], ckpt: ckpt_io.Checkpoint) -> dict[str, Any] | None:
-        if not rngs:
-            log.warning("%s has no RNG state: randomness will differ from the uninterrupted run", ckpt.path)
-            return None
-        if len(rngs) != self.env.world_size:
-            log.warning("checkpoint written by %d processes, resumed by %d: every rank takes RNG state %d",
-                        len(rngs), self.env.world_size, 0)
-            return rngs[0]
-        return rngs[self.env.rank]
+    def _restore(self, ckpt: ckpt_io.Checkpoint) -> ckpt_io.Resumed:
+        resumed = ckpt_io.restore_run(ckpt, config=self.config.to_dict(), method=self.method,
+                                      optimizer=self.optimizer, scaler=self.precision.scaler,
+                                      batch_size=self.cfg.batch_size, rank=self.env.rank,
+                                      world_size=self.env.world_size)
+        loop = resumed.loop
+        log.info("resuming %s from step %d (epoch %d, batch %d)", self.run_dir, loop.step, loop.epoch,
+                 loop.batch_in_epoch)
+        return resumed
 
     # -- the loop --------------------------------------------------------------------------------------
     def run(self) -> FitResult:
         if self.env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_config(self.config, self.run_dir / CONFIG_FILE)
+            write_config(self.config.to_dict(), self.run_dir / CONFIG_FILE)
         barrier(self.env)
-        self._clock, self._paused_s = time.monotonic(), 0.0  # the budget counts the loop, not the setup
-        self._window_clock = (self._clock, 0.0)
-        self._open_metrics_log()
+        self.clock.restart()  # the budget counts the loop, not the setup
+        if self.resumed is not None:
+            self.metrics.truncate(self.resumed.log_lines)
+        else:
+            self.metrics.reset()
         self._log_start()
         try:
             self.method.on_fit_start(self.ctx)
-            if self._restored_rng is not None:  # after on_fit_start: randomness drawn there cannot shift the run
-                ckpt_io.restore_rng(self._restored_rng, self.device)
+            if self.resumed is not None and self.resumed.rng is not None:
+                # after on_fit_start: randomness drawn there cannot shift the run
+                ckpt_io.restore_rng(self.resumed.rng, self.device)
             stopped = self._stop_reason(time_up=False, interrupt=False)
-            while stopped is None and self.c.epoch < self.cfg.epochs:
+            while stopped is None and self.loop.epoch < self.cfg.epochs:
                 stopped = self._run_epoch()
             return self._finish(stopped or "completed")
         except NonFiniteLossError as e:
@@ -365,84 +208,63 @@ class _Trainer:
             self._plot()
             raise
 
-    def _open_metrics_log(self) -> None:
-        if self.resume_from is not None:
-            self.metrics.truncate(self._resume_log_lines)
-        else:
-            self.metrics.reset()
-
-    def _log_start(self) -> None:
-        amp = f"AMP {str(self.amp_dtype).removeprefix('torch.')}" if self.use_amp else "fp32"
-        n_params = sum(p.numel() for p in self.method.parameters() if p.requires_grad)
-        log.info("training %s (%.2fM parameters) on %s (%s), %d process(es), batch %d x %d, %d steps/epoch, "
-                 "run dir %s", self.config["method"], n_params / 1e6, self.device, amp, self.env.world_size,
-                 self.cfg.batch_size, self.env.world_size, self.steps_per_epoch, self.run_dir)
-        resumed = {} if self.resume_from is None else {"checkpoint": str(self.resume_from.path)}
-        self._event("resume" if resumed else "start", method=self.config["method"], device=str(self.device),
-                    amp=self.use_amp, world_size=self.env.world_size, steps_per_epoch=self.steps_per_epoch,
-                    total_steps=self.total_steps, **resumed)
-
     def _run_epoch(self) -> str | None:
-        c, ctx = self.c, self.ctx
-        self.sampler.set_epoch(c.epoch, start_batch=c.batch_in_epoch)
+        loop, ctx, data = self.loop, self.ctx, self.data
+        data.sampler.set_epoch(loop.epoch, start_batch=loop.batch_in_epoch)
         # Also after a mid-epoch resume: on_epoch_end passes (PiCIE's centroid refit) read ctx.train_loader.
-        self.aux_sampler.set_epoch(c.epoch)
-        ctx.epoch = c.epoch
-        if c.batch_in_epoch == 0:
+        data.aux_sampler.set_epoch(loop.epoch)
+        ctx.epoch = loop.epoch
+        if loop.batch_in_epoch == 0:
             self.method.on_epoch_start(ctx)
         if self.progress is not None:
-            self.progress.epoch_start(c.epoch, self.steps_per_epoch, c.batch_in_epoch)
+            self.progress.epoch_start(loop.epoch, data.steps_per_epoch, loop.batch_in_epoch)
         stopped = None
-        if c.batch_in_epoch < self.steps_per_epoch:
-            for batch in self.train_loader:
+        if loop.batch_in_epoch < data.steps_per_epoch:
+            for batch in data.train:
                 flags = self._train_step(batch)
                 stopped = self._after_step(**flags)
                 if stopped:
                     break
         if self.progress is not None:
             self.progress.epoch_end()
-        if c.batch_in_epoch >= self.steps_per_epoch:
+        if loop.batch_in_epoch >= data.steps_per_epoch:
             self._end_epoch()
         return stopped
 
-    def _end_epoch(self) -> None:
-        c = self.c
-        self.method.on_epoch_end(self.ctx)
-        c.epoch += 1
-        c.batch_in_epoch = 0
-        self.ctx.epoch = c.epoch
-        every = self.cfg.eval_every
-        improved = self._evaluate() if every and c.epoch % every == 0 else False
-        self._save(last=True, best=improved)
-
     def _train_step(self, batch: dict[str, Any]) -> dict[str, bool]:
-        c, ctx = self.c, self.ctx
+        loop, ctx, cfg, scaler = self.loop, self.ctx, self.cfg, self.precision.scaler
         batch = {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v
                  for k, v in batch.items()}
         self.optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
+        with self.precision.autocast():
             out = self.model(batch) if self.env.enabled else self.method.training_step(batch, ctx)
-        loss, logs = _split_output(out, self.config["method"])
+        loss, logs = _split_output(out, self.config.method)
         values, flags = self._reduce_step_values(loss, logs)
         if not math.isfinite(values["loss"]):
             raise self._non_finite(f"the loss is {values['loss']}")
-        self.scaler.scale(loss).backward()
-        if self.scaler.is_enabled():
-            self.scaler.unscale_(self.optimizer)
+        scaler.scale(loss).backward()
+        if scaler.is_enabled():
+            scaler.unscale_(self.optimizer)
         self.method.after_backward(ctx)
-        if self.cfg.grad_clip is not None:
-            norm = float(nn.utils.clip_grad_norm_(self.method.parameters(), self.cfg.grad_clip))
-            if not math.isfinite(norm) and not self.scaler.is_enabled():  # fp16 overflow is the scaler's job
+        if cfg.grad_clip is not None:
+            norm = float(nn.utils.clip_grad_norm_(self.method.parameters(), cfg.grad_clip))
+            if not math.isfinite(norm) and not scaler.is_enabled():  # fp16 overflow is the scaler's job
                 raise self._non_finite(f"the gradient norm is {norm}")
             values["grad_norm"] = norm
-        self._apply_lr_schedule()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        c.step += 1
-        c.batch_in_epoch += 1
-        ctx.step = c.step
+        if cfg.lr_schedule != "constant" or cfg.warmup_steps:  # else leave the lr alone: a method may schedule it
+            factor = lr_factor(loop.step, cfg, self.data.total_steps)
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * factor
+        scaler.step(self.optimizer)
+        scaler.update()
+        loop.step += 1
+        loop.batch_in_epoch += 1
+        ctx.step = loop.step
         self.method.on_step_end(ctx)
-        self._accumulate(values)
+        self.window.add(values)
+        if self.progress is not None:
+            self.progress.step({"loss": values["loss"], "lr": self.optimizer.param_groups[0]["lr"],
+                                "images": cfg.batch_size * self.env.world_size})
         return flags
 
     def _reduce_step_values(self, loss: torch.Tensor, logs: dict[str, Any]) -> tuple[dict[str, float],
@@ -453,7 +275,7 @@ class _Trainer:
         entries = [loss.detach().float().reshape(())]
         entries += [torch.as_tensor(logs[k], dtype=torch.float32, device=self.device).detach().reshape(())
                     for k in names[1:]]
-        time_up = self.cfg.time_budget_s is not None and self._elapsed() >= self.cfg.time_budget_s
+        time_up = self.cfg.time_budget_s is not None and self.clock.elapsed() >= self.cfg.time_budget_s
         interrupt = self.should_stop is not None and bool(self.should_stop())
         flags = torch.tensor([float(time_up), float(interrupt)], device=self.device)
         vector = torch.cat([torch.stack(entries).to(self.device), flags])
@@ -464,24 +286,22 @@ class _Trainer:
         return values, {"time_up": numbers[-2] > 0, "interrupt": numbers[-1] > 0}
 
     def _after_step(self, *, time_up: bool, interrupt: bool) -> str | None:
-        c, cfg = self.c, self.cfg
-        if c.step % cfg.log_every == 0:
-            self._flush_window()
+        loop, cfg = self.loop, self.cfg
+        if loop.step % cfg.log_every == 0:
+            self._write_train_line()
         improved = False
-        if cfg.eval_every_steps and c.step % cfg.eval_every_steps == 0:
+        if cfg.eval_every_steps and loop.step % cfg.eval_every_steps == 0:
             improved = self._evaluate()
-        periodic = bool(cfg.checkpoint_every_steps) and c.step % cfg.checkpoint_every_steps == 0
+        periodic = bool(cfg.checkpoint_every_steps) and loop.step % cfg.checkpoint_every_steps == 0
         if periodic or improved:
             self._save(last=True, best=improved)
-        return self._stop_reason(time_up=time_up or self._budget_spent(), interrupt=interrupt)
-
-    def _budget_spent(self) -> bool:
         # A single process decides at once; under DDP the all-reduced flag of the next step decides for all.
-        return not self.env.enabled and self.cfg.time_budget_s is not None and \
-            self._elapsed() >= self.cfg.time_budget_s
+        budget_spent = (not self.env.enabled and cfg.time_budget_s is not None
+                        and self.clock.elapsed() >= cfg.time_budget_s)
+        return self._stop_reason(time_up=time_up or budget_spent, interrupt=interrupt)
 
     def _stop_reason(self, *, time_up: bool, interrupt: bool) -> str | None:
-        if self.cfg.max_steps is not None and self.c.step >= self.cfg.max_steps:
+        if self.cfg.max_steps is not None and self.loop.step >= self.cfg.max_steps:
             return "max_steps"
         if time_up:
             return "time_budget"
@@ -489,142 +309,44 @@ class _Trainer:
             return "interrupted"
         return None
 
-    def _finish(self, reason: str) -> FitResult:
-        c = self.c
-        improved = evaluated = False
-        if self.eval_loader is not None and c.last_eval_step != c.step:
-            improved, evaluated = self._evaluate(), True
-        # Re-save last after a final evaluation even at an already saved step: its state must hold the scores
-        # (a resume compares new evaluations with best_miou) and the log lines written since.
-        self._save(last=evaluated or self._last_saved_step != c.step, best=improved or self.eval_loader is None)
-        c.elapsed_s = self._elapsed()
-        self._event("end", reason=reason)
-        log.info("stopped (%s) at step %d, epoch %d after %.1f s of training%s", reason, c.step, c.epoch,
-                 c.elapsed_s, "" if c.best_miou is None else f"; best mIoU {c.best_miou:.4f} at step {c.best_step}")
-        self._plot()
-        return FitResult(run_dir=self.run_dir, step=c.step, epoch=c.epoch, stopped=reason, elapsed_s=c.elapsed_s,
-                         best_miou=c.best_miou, best_step=c.best_step, last_eval=c.last_eval)
+    def _end_epoch(self) -> None:
+        loop = self.loop
+        self.method.on_epoch_end(self.ctx)
+        loop.epoch += 1
+        loop.batch_in_epoch = 0
+        self.ctx.epoch = loop.epoch
+        every = self.cfg.eval_every
+        improved = self._evaluate() if every and loop.epoch % every == 0 else False
+        self._save(last=True, best=improved)
 
-    def close(self) -> None:
-        deterministic, benchmark, cudnn_deterministic = self._saved_flags
-        torch.use_deterministic_algorithms(deterministic)
-        torch.backends.cudnn.benchmark = benchmark
-        torch.backends.cudnn.deterministic = cudnn_deterministic
-        shutdown_distributed(self.env)
-
-    # -- precision, lr ---------------------------------------------------------------------------------
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if not self.use_amp:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
-
-    def _apply_lr_schedule(self) -> None:
-        if self.cfg.lr_schedule == "constant" and not self.cfg.warmup_steps:
-            return  # leave the lr alone: a method may schedule it itself
-        factor = lr_factor(self.c.step, self.cfg, self.total_steps)
-        for group in self.optimizer.param_groups:
-            group["lr"] = group["initial_lr"] * factor
-
-    def _non_finite(self, what: str) -> NonFiniteLossError:
-        last = ckpt_io.checkpoint_dir(self.run_dir, "last")
-        kept = (f"the last good checkpoint is {last} (step {self._last_saved_step})" if last is not None
-                else "no checkpoint was written before it")
-        return NonFiniteLossError(f"{what} at step {self.c.step + 1} (epoch {self.c.epoch}); training stopped "
-                                  f"and nothing of this step was saved: {kept}. Try a lower method_config.lr, "
-                                  "train.grad_clip, or train.amp=false")
-
-    # -- time ------------------------------------------------------------------------------------------
-    def _elapsed(self) -> float:
-        return self._elapsed_base + time.monotonic() - self._clock - self._paused_s
-
-    @contextlib.contextmanager
-    def _paused(self) -> Iterator[None]:
-        """Evaluation and checkpoint writing do not count against the time budget or the throughput."""
-        start = time.monotonic()
-        try:
-            yield
-        finally:
-            self._paused_s += time.monotonic() - start
-
-    # -- logging ---------------------------------------------------------------------------------------
-    def _accumulate(self, values: dict[str, float]) -> None:
-        c = self.c
-        for key, value in values.items():
-            c.window[key] = c.window.get(key, 0.0) + value
-        c.window_steps += 1
-        if self.progress is not None:
-            self.progress.step({"loss": values["loss"], "lr": self.optimizer.param_groups[0]["lr"],
-                                "images": self.cfg.batch_size * self.env.world_size})
-
-    def _flush_window(self) -> None:
-        c = self.c
-        if not c.window_steps:
-            return
-        record = {k: v / c.window_steps for k, v in c.window.items()}
-        start, paused_at_start = self._window_clock
-        seconds = time.monotonic() - start - (self._paused_s - paused_at_start)
-        images = c.window_steps * self.cfg.batch_size * self.env.world_size
-        record["lr"] = self.optimizer.param_groups[0]["lr"]
-        record["images_per_s"] = images / seconds if seconds > 0 else None
-        self._write("train", record)
-        c.window, c.window_steps = {}, 0
-        self._window_clock = (time.monotonic(), self._paused_s)
-
-    def _write(self, kind: str, record: dict[str, Any]) -> None:
-        self.metrics.write({"kind": kind, "step": self.c.step, "epoch": self.c.epoch,
-                            "elapsed_s": round(self._elapsed(), 3), **record})
-
-    def _event(self, event: str, **fields: Any) -> None:
-        self._write("event", {"event": event, **fields})
-
-    def _hook_log(self, logs: dict[str, float]) -> None:
-        self._write("hook", {k: float(v) for k, v in logs.items()})
-
-    def _plot(self) -> None:
-        if not self.env.is_main:
-            return
-        try:
-            plot_curves(self.metrics.path, self.run_dir / CURVES_FILE, title=f"{self.config['method']} "
-                        f"({self.run_dir.name})")
-        except Exception as e:  # a plotting problem must not lose a finished run
-            log.warning("could not draw %s: %s", self.run_dir / CURVES_FILE, e)
-
-    # -- evaluation ------------------------------------------------------------------------------------
     def _evaluate(self) -> bool:
         """Score the eval split; returns whether the main-head mIoU improved on the best so far."""
-        if self.eval_loader is None:
+        if self.data.evaluation is None:
             return False
-        c = self.c
-        with self._paused():
+        loop = self.loop
+        with self.clock.paused():
             self._sync_buffers()
-            counts = cluster_confusions(self.method, self.eval_loader, device=self.device,
-                                        n_classes=self.n_classes, autocast=self._autocast)
+            counts = cluster_confusions(self.method, self.data.evaluation, device=self.device,
+                                        n_classes=self.data.n_classes, autocast=self.precision.autocast)
             for matrix in counts.values():
                 all_reduce_sum_(matrix, self.env)
-            scores = score_confusions(counts, class_names=self.class_names, warn=not self._warned_main_matching)
+            scores = score_confusions(counts, class_names=self.data.class_names,
+                                      warn=not self._warned_main_matching)
             self._warned_main_matching = True
-        c.last_eval, c.last_eval_step = scores, c.step
+        loop.last_eval, loop.last_eval_step = scores, loop.step
         self._write("eval", scores)
         miou = scores.get("miou")
-        log.info("eval at step %d: mIoU %s, pixel accuracy %s", c.step, _fmt(miou), _fmt(scores["pixel_accuracy"]))
-        improved = miou is not None and (c.best_miou is None or miou > c.best_miou)
+        log.info("eval at step %d: mIoU %s, pixel accuracy %s", loop.step, _fmt(miou),
+                 _fmt(scores["pixel_accuracy"]))
+        improved = miou is not None and (loop.best_miou is None or miou > loop.best_miou)
         if improved:
-            c.best_miou, c.best_step = miou, c.step
+            loop.best_miou, loop.best_step = miou, loop.step
         return improved
 
-    def _sync_buffers(self) -> None:
-        """Rank 0's buffers (BatchNorm statistics) everywhere, so evaluation and checkpoints agree."""
-        if self.env.enabled:
-            import torch.distributed as dist
-
-            for buffer in self.method.buffers():
-                dist.broadcast(buffer, src=0)
-
-    # -- checkpoints -----------------------------------------------------------------------------------
     def _save(self, *, last: bool, best: bool) -> None:
         if not (last or best):
             return
-        with self._paused():
+        with self.clock.paused():
             self._sync_buffers()
             self._check_finite_weights()
             rngs = all_gather_objects(ckpt_io.capture_rng(self.device), self.env)
@@ -637,35 +359,184 @@ class _Trainer:
                         ckpt_io.write_checkpoint(base / name, files)
             barrier(self.env)
         if last:
-            self._last_saved_step = self.c.step
+            self._last_saved_step = self.loop.step
+
+    def _finish(self, reason: str) -> FitResult:
+        loop = self.loop
+        improved = evaluated = False
+        if self.data.evaluation is not None and loop.last_eval_step != loop.step:
+            improved, evaluated = self._evaluate(), True
+        # Re-save last after a final evaluation even at an already saved step: its state must hold the scores
+        # (a resume compares new evaluations with best_miou) and the log lines written since.
+        self._save(last=evaluated or self._last_saved_step != loop.step,
+                   best=improved or self.data.evaluation is None)
+        elapsed = self.clock.elapsed()
+        self._event("end", reason=reason)
+        log.info("stopped (%s) at step %d, epoch %d after %.1f s of training%s", reason, loop.step, loop.epoch,
+                 elapsed, "" if loop.best_miou is None else f"; best mIoU {loop.best_miou:.4f} at step "
+                 f"{loop.best_step}")
+        self._plot()
+        return FitResult(run_dir=self.run_dir, step=loop.step, epoch=loop.epoch, stopped=reason, elapsed_s=elapsed,
+                         best_miou=loop.best_miou, best_step=loop.best_step, last_eval=loop.last_eval)
+
+    # -- what the loop calls ---------------------------------------------------------------------------
+    def _state(self, rngs: list[dict[str, Any]]) -> dict[str, Any]:
+        scaler = self.precision.scaler
+        return ckpt_io.run_state(config=self.config.to_dict(), loop=self.loop, elapsed_s=self.clock.elapsed(),
+                                 steps_per_epoch=self.data.steps_per_epoch, batch_size=self.cfg.batch_size,
+                                 world_size=self.env.world_size, extra_state=self.method.extra_state(), rngs=rngs,
+                                 scaler=scaler.state_dict() if scaler.is_enabled() else None,
+                                 log_lines=self.metrics.lines, window=self.window)
 
     def _check_finite_weights(self) -> None:
         tensors = [*self.method.parameters(), *(b for b in self.method.buffers() if b.is_floating_point())]
         if tensors and not bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
             raise self._non_finite("the weights became non-finite (NaN/inf) after the step before")
 
-    def _state(self, rngs: list[dict[str, Any]]) -> dict[str, Any]:
-        c = self.c
-        return {
-            "format_version": ckpt_io.FORMAT_VERSION,
-            "method": self.config["method"],
-            "config": self.config,
-            "step": c.step,
-            "epoch": c.epoch,
-            "batch_in_epoch": c.batch_in_epoch,
-            "steps_per_epoch": self.steps_per_epoch,
-            "batch_size": self.cfg.batch_size,
-            "world_size": self.env.world_size,
-            "elapsed_s": self._elapsed(),
-            "metrics": {"eval": c.last_eval, "eval_step": c.last_eval_step, "best_miou": c.best_miou,
-                        "best_step": c.best_step},
-            "extra_state": self.method.extra_state(),
-            "rng": rngs,
-            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-            "log": {"lines": self.metrics.lines, "window": c.window, "window_steps": c.window_steps},
-            "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "versions": {"torch": torch.__version__, "python": platform.python_version()},
-        }
+    def _non_finite(self, what: str) -> NonFiniteLossError:
+        last = ckpt_io.checkpoint_dir(self.run_dir, "last")
+        kept = (f"the last good checkpoint is {last} (step {self._last_saved_step})" if last is not None
+                else "no checkpoint was written before it")
+        return NonFiniteLossError(f"{what} at step {self.loop.step + 1} (epoch {self.loop.epoch}); training "
+                                  f"stopped and nothing of this step was saved: {kept}. Try a lower "
+                                  "method_config.lr, train.grad_clip, or train.amp=false")
+
+    def _sync_buffers(self) -> None:
+        """Rank 0's buffers (BatchNorm statistics) everywhere, so evaluation and checkpoints agree."""
+        if self.env.enabled:
+            import torch.distributed as dist
+
+            for buffer in self.method.buffers():
+                dist.broadcast(buffer, src=0)
+
+    def _write_train_line(self) -> None:
+        if self.window.steps:
+            self._write("train", self.window.take(lr=self.optimizer.param_groups[0]["lr"], seconds=self.clock.lap(),
+                                                  images_per_step=self.cfg.batch_size * self.env.world_size))
+
+    def _write(self, kind: str, record: dict[str, Any]) -> None:
+        self.metrics.write({"kind": kind, "step": self.loop.step, "epoch": self.loop.epoch,
+                            "elapsed_s": round(self.clock.elapsed(), 3), **record})
+
+    def _event(self, event: str, **fields: Any) -> None:
+        self._write("event", {"event": event, **fields})
+
+    def _hook_log(self, logs: dict[str, float]) -> None:
+        self._write("hook", {k: float(v) for k, v in logs.items()})
+
+    def _log_start(self) -> None:
+        precision, env = self.precision, self.env
+        amp = f"AMP {str(precision.dtype).removeprefix('torch.')}" if precision.amp else "fp32"
+        n_params = sum(p.numel() for p in self.method.parameters() if p.requires_grad)
+        log.info("training %s (%.2fM parameters) on %s (%s), %d process(es), batch %d x %d, %d steps/epoch, "
+                 "run dir %s", self.config.method, n_params / 1e6, self.device, amp, env.world_size,
+                 self.cfg.batch_size, env.world_size, self.data.steps_per_epoch, self.run_dir)
+        resumed = {} if self.resumed is None else {"checkpoint": str(self.resumed.checkpoint.path)}
+        self._event("resume" if resumed else "start", method=self.config.method, device=str(self.device),
+                    amp=precision.amp, world_size=env.world_size, steps_per_epoch=self.data.steps_per_epoch,
+                    total_steps=self.data.total_steps, **resumed)
+
+    def _plot(self) -> None:
+        if not self.env.is_main:
+            return
+        try:
+            plot_curves(self.metrics.path, self.run_dir / CURVES_FILE, title=f"{self.config.method} "
+                        f"({self.run_dir.name})")
+        except Exception as e:  # a plotting problem must not lose a finished run
+            log.warning("could not draw %s: %s", self.run_dir / CURVES_FILE, e)
+
+
+# -- what the trainer is built from --------------------------------------------------------------------------
+@dataclass
+class _Precision:
+    """Autocast (CUDA only) and the GradScaler (enabled for float16 only: bfloat16 needs no loss scaling)."""
+
+    amp: bool
+    dtype: torch.dtype
+    device_type: str
+    scaler: torch.amp.GradScaler
+
+    @classmethod
+    def setup(cls, cfg: TrainConfig, device: torch.device) -> _Precision:
+        """Also sets torch's process-wide determinism flags (``fit`` restores them at the end)."""
+        amp = cfg.amp and device.type == "cuda"
+        dtype = torch.bfloat16 if cfg.amp_dtype == "bfloat16" else torch.float16
+        if amp and dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+            log.warning("this GPU has no bfloat16: AMP falls back to float16 with loss scaling")
+            dtype = torch.float16
+        if cfg.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)  # ops without a deterministic kernel warn
+            torch.backends.cudnn.deterministic = True
+            torch.backends.cudnn.benchmark = False
+        elif device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        scaler = torch.amp.GradScaler(device.type, enabled=amp and dtype == torch.float16)
+        return cls(amp=amp, dtype=dtype, device_type=device.type, scaler=scaler)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
+
+
+@contextlib.contextmanager
+def _torch_flags_restored() -> Iterator[None]:
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
+             torch.backends.cudnn.deterministic)
+    try:
+        yield
+    finally:
+        deterministic, benchmark, cudnn_deterministic = saved
+        torch.use_deterministic_algorithms(deterministic)
+        torch.backends.cudnn.benchmark = benchmark
+        torch.backends.cudnn.deterministic = cudnn_deterministic
+
+
+def _build_method(config: RunConfig, device: torch.device, env: DistEnv) -> Method:
+    # a copy: the method owns its config object, the RunConfig stays as resolved (config.yaml, checkpoints)
+    method = build_method(config.method, copy.deepcopy(config.method_config)).to(device)
+    if config.train.sync_batchnorm and env.enabled:
+        if device.type != "cuda":
+            log.warning("train.sync_batchnorm needs CUDA; BatchNorm stays per process")
+        else:
+            method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    return method
+
+
+def _loaders(config: RunConfig, method: Method, device: torch.device, env: DistEnv, train_dataset: Dataset | None,
+             eval_dataset: Dataset | None) -> RunLoaders:
+    if train_dataset is None:  # the datasets config.data describes; an eval_dataset given replaces its eval one
+        train_dataset = config.train_data.build()
+        built_eval = config.eval_data.build() if config.eval_data is not None and config.eval_data.spec else None
+        eval_dataset = eval_dataset if eval_dataset is not None else built_eval
+    return RunLoaders.build(train_dataset, eval_dataset, config.train, rank=env.rank, world_size=env.world_size,
+                            pin_memory=device.type == "cuda", main_clusters=method.eval_heads()["main"])
+
+
+def _wrap_ddp(method: Method, env: DistEnv, device: torch.device, cfg: TrainConfig) -> nn.Module:
+    if not env.enabled:
+        return method
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(_StepModule(method), device_ids=device_ids,
+                                   find_unused_parameters=cfg.find_unused_parameters)
+
+
+class _StepModule(nn.Module):
+    """DDP wraps ``forward``; this forwards to ``training_step`` so DDP's reducer sees every step.
+
+    The context is an attribute, not an argument: DDP would rebuild a dataclass argument on every call.
+    """
+
+    def __init__(self, method: Method):
+        super().__init__()
+        self.method = method
+        self.ctx: FitContext | None = None
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        return self.method.training_step(batch, self.ctx)
 
 
 def _identity(t: torch.Tensor) -> torch.Tensor:
@@ -685,15 +556,6 @@ def _split_output(out: Any, method: str) -> tuple[torch.Tensor, dict[str, Any]]:
         if (isinstance(value, torch.Tensor) and value.numel() == 1) or isinstance(value, int | float):
             logs[key] = value
     return loss, logs
-
-
-def _diff(old: Any, new: Any, prefix: str = "") -> dict[str, tuple[Any, Any]]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = {}
-        for key in sorted(set(old) | set(new)):
-            out.update(_diff(old.get(key), new.get(key), f"{prefix}{key}."))
-        return out
-    return {} if old == new else {prefix.rstrip("."): (old, new)}
 
 
 def _fmt(value: float | None) -> str:

@@ -5,6 +5,10 @@ head of ``Method.eval_heads()`` (over-clustering heads) with many-to-one matchin
 a different number of classes than the main head has clusters, one-to-one matching is impossible and the main
 head is scored many-to-one too (logged once).
 
+The baselines (``python -m training baseline``) are scored here too: :func:`score_protocols` fits the cluster ->
+class mapping on the evaluated images themselves or on calibration images, :func:`evaluate_baseline` fits and
+scores one.
+
 The confusion matrix is counted here with ``torch.bincount`` on the device (not with
 ``usseg_sdk.metrics.ConfusionMatrix``, which is numpy) so evaluation stays on the GPU and the per-rank matrices
 can be summed with one all-reduce under DDP; the skipping rule is the SDK's: pixels whose label is the ignore
@@ -16,15 +20,23 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from collections.abc import Callable, Iterable
-from typing import Any
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from usseg_sdk.metrics import apply_mapping, evaluate_clusters, fit_mapping, matching_mode, segmentation_scores
+
+if TYPE_CHECKING:
+    from training.methods.baselines import KMeansBaseline
 
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = 255
+Batch = dict[str, torch.Tensor]
 
 
 def confusion_counts(pred: torch.Tensor, label: torch.Tensor, n_pred: int, n_classes: int) -> torch.Tensor:
@@ -87,8 +99,6 @@ def score_confusions(counts: dict[str, torch.Tensor], *, class_names: list[str] 
                      warn: bool = True) -> dict[str, Any]:
     """Flat metrics: ``miou``, ``pixel_accuracy``, ``iou`` (list), ``defect_iou`` for the main head;
     ``<head>/miou`` and ``<head>/pixel_accuracy`` for the others."""
-    from usseg_sdk.metrics import evaluate_clusters, matching_mode
-
     out: dict[str, Any] = {}
     for name, matrix in counts.items():
         matrix_np = matrix.cpu().numpy()
@@ -112,3 +122,61 @@ def score_confusions(counts: dict[str, torch.Tensor], *, class_names: list[str] 
 def _float(value: Any) -> float | None:
     value = float(value)
     return None if math.isnan(value) else value  # JSON has no NaN: a class absent from gt and pred is null
+
+
+# -- baselines: fitted once, scored with a mapping fitted on the same or on calibration images ------------------
+def evaluate_baseline(method: KMeansBaseline, fit_loader: Iterable[Batch], eval_loader: Iterable[Batch], *,
+                      class_names: Sequence[str] | None, calibration_loader: Iterable[Batch] | None = None,
+                      device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Fit ``method`` on ``fit_loader``'s images, score it on ``eval_loader`` (and calibration -> eval); loaders
+    yield ``{"image": (B, C, H, W), "label": (B, H, W)}`` batches (labels only needed for the scored ones).
+
+    Returns ``{"heads": score_protocols(...), "kmeans_loss", "fit_pixels", "eval_pixels", "seconds"}``."""
+    device = torch.device(device)
+    method.to(device)
+    n_classes = len(class_names) if class_names else method.eval_heads()["main"]
+    start = time.perf_counter()
+    kmeans_loss = method.fit_centroids(fit_loader)
+    fitted = time.perf_counter()
+    eval_counts = cluster_confusions(method, eval_loader, device=device, n_classes=n_classes)
+    calib_counts = None
+    if calibration_loader is not None:
+        calib_counts = cluster_confusions(method, calibration_loader, device=device, n_classes=n_classes)
+    done = time.perf_counter()
+    return {"heads": score_protocols(eval_counts, class_names, calib_counts),
+            "kmeans_loss": kmeans_loss, "fit_pixels": int(method.fit_points),
+            "eval_pixels": int(next(iter(eval_counts.values())).sum()),
+            "seconds": {"fit": round(fitted - start, 2), "eval": round(done - fitted, 2)}}
+
+
+def score_protocols(eval_counts: Mapping[str, Any], class_names: Sequence[str] | None = None,
+                    calibration_counts: Mapping[str, Any] | None = None, background: int | None = 0
+                    ) -> dict[str, dict[str, Any]]:
+    """Head -> {"k", "matching", "same_images": scores, "calibration": scores (when calibration counts are given)}.
+
+    ``eval_counts`` / ``calibration_counts``: head -> (K, n_classes) cluster confusion ``[cluster, class]`` (torch or
+    numpy). Scores are ``SegmentationScores.to_dict()`` plus the ``mapping`` (cluster -> class) that produced them.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for head, counts in eval_counts.items():
+        matrix = _numpy(counts)  # (K, n_classes)
+        k, n_classes = matrix.shape
+        mode = matching_mode(k, n_classes)
+        own = fit_mapping(matrix, mode)[0]
+        entry: dict[str, Any] = {"k": k, "matching": mode,
+                                 "same_images": _mapped_scores(matrix, own, class_names, background)}
+        if calibration_counts is not None:
+            calib = _numpy(calibration_counts[head])
+            entry["calibration"] = _mapped_scores(matrix, fit_mapping(calib, mode)[0], class_names, background)
+        out[head] = entry
+    return out
+
+
+def _mapped_scores(matrix: np.ndarray, mapping: np.ndarray, class_names: Sequence[str] | None,
+                   background: int | None) -> dict[str, Any]:
+    scores = segmentation_scores(apply_mapping(matrix, mapping), class_names, background=background)
+    return {**scores.to_dict(), "mapping": [int(c) for c in mapping]}
+
+
+def _numpy(counts: Any) -> np.ndarray:
+    return counts.cpu().numpy() if isinstance(counts, torch.Tensor) else np.asarray(counts)

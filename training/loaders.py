@@ -14,20 +14,25 @@ Two pieces make that so:
   persistent worker processes too (a call on the main process's copy would not).
 
 Datasets therefore draw their randomness from the global RNGs (not from generators they create themselves).
-The last incomplete global batch of an epoch is dropped.
+The last incomplete global batch of an epoch is dropped. :class:`RunLoaders` holds the loaders of one run.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset, get_worker_info
+from torch.utils.data._utils.collate import default_collate
 
 from training.errors import DataError
+
+if TYPE_CHECKING:
+    from training.config import TrainConfig
 
 _MASK64 = (1 << 64) - 1
 
@@ -171,3 +176,59 @@ def eval_loader(dataset: Dataset, *, batch_size: int, num_workers: int, rank: in
     sampler = ShardSampler(len(dataset), rank=rank, world_size=world_size)  # type: ignore[arg-type]
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       pin_memory=pin_memory, generator=torch.Generator().manual_seed(0))
+
+
+@dataclass
+class RunLoaders:
+    """The loaders of one training run and its geometry."""
+
+    train: DataLoader
+    sampler: EpochSampler
+    # ctx.train_loader: the same images in another order and other random crops (stream 1), for hooks such as
+    # PiCIE's per-epoch k-means; it never shifts the training stream.
+    aux: DataLoader
+    aux_sampler: EpochSampler
+    evaluation: DataLoader | None
+    steps_per_epoch: int  # optimiser steps (global batches) per epoch
+    total_steps: int  # min(epochs * steps_per_epoch, max_steps)
+    class_names: list[str] | None  # of the labelled split
+    n_classes: int  # len(class_names), else the main head's K
+
+    @classmethod
+    def build(cls, train_dataset: Dataset, eval_dataset: Dataset | None, cfg: TrainConfig, *, rank: int,
+              world_size: int, pin_memory: bool, main_clusters: int) -> RunLoaders:
+        common = dict(batch_size=cfg.batch_size, seed=cfg.seed, num_workers=cfg.num_workers, rank=rank,
+                      world_size=world_size, pin_memory=pin_memory)
+        train, sampler = train_loader(train_dataset, stream=0, **common)
+        aux, aux_sampler = train_loader(train_dataset, stream=1, **common)
+        steps = sampler.batches_per_epoch
+        total = cfg.epochs * steps
+        evaluation = None
+        if eval_dataset is not None:
+            evaluation = eval_loader(eval_dataset, batch_size=cfg.eval_batch_size, num_workers=cfg.num_workers,
+                                     rank=rank, world_size=world_size, pin_memory=pin_memory)
+        class_names = getattr(eval_dataset, "class_names", None)
+        return cls(train=train, sampler=sampler, aux=aux, aux_sampler=aux_sampler, evaluation=evaluation,
+                   steps_per_epoch=steps, total_steps=min(total, cfg.max_steps) if cfg.max_steps else total,
+                   class_names=class_names, n_classes=len(class_names) if class_names else main_clusters)
+
+
+# -- whole images in order: fitting and scoring the baselines ----------------------------------------------------
+def image_loader(dataset: Dataset, *, batch_size: int, num_workers: int = 0, limit: int | None = None,
+                 seed: int = 0) -> DataLoader:
+    """Ordered loader of whole images; ``limit`` keeps a seeded random subset of that many images."""
+    n = len(dataset)  # type: ignore[arg-type]
+    if limit is not None and limit < n:
+        keep = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+        dataset = Subset(dataset, keep.tolist())
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      collate_fn=collate_same_size)
+
+
+def collate_same_size(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """default_collate, with a clear error when whole images of different sizes meet in one batch."""
+    sizes = {tuple(item["image"].shape) for item in items}
+    if len(sizes) > 1:
+        raise DataError(f"images of different sizes {sorted(sizes)[:4]} in one batch: use --batch-size 1 "
+                        f"(or a dataset spec with eval_crop / short_side)")
+    return default_collate(items)

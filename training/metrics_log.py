@@ -4,6 +4,9 @@ Every line has ``kind`` (``train``, ``eval``, ``hook``, ``event``), ``step``, ``
 checkpoint records how many lines the log had when it was written (:attr:`MetricsLog.lines`); resume keeps
 exactly those, dropping what the run that died wrote after it (and a torn last line), so the log of a resumed
 run reads like the uninterrupted one with a ``resume`` event where it continued.
+
+A ``train`` line holds the means of the step values over the steps since the previous one (:class:`StepWindow`);
+a checkpoint keeps the window too, so a resumed run's lines average the same steps as the uninterrupted run's.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +71,24 @@ class MetricsLog:
                 kept.append(line)
         write_text_atomic(self.path, "".join(f"{line}\n" for line in kept))
         self.lines = len(kept)
+
+
+@dataclass
+class StepWindow:
+    """Sums of the per-step values (loss, the method's logs, grad_norm) since the last ``train`` line."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    steps: int = 0
+
+    def add(self, values: dict[str, float]) -> None:
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.steps += 1
+
+    def take(self, *, lr: float, seconds: float, images_per_step: int) -> dict[str, Any]:
+        """The ``train`` line's values (means, lr, images/s over ``seconds``); empties the window."""
+        record: dict[str, Any] = {k: v / self.steps for k, v in self.sums.items()}
+        record["lr"] = lr
+        record["images_per_s"] = self.steps * images_per_step / seconds if seconds > 0 else None
+        self.sums, self.steps = {}, 0
+        return record

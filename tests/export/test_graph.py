@@ -18,8 +18,8 @@ from export.graph import (
     make_plain,
 )
 from tests.export.tiny_methods import TinyAC, TinySeg, train_steps
-from training.nets.masked_attention import MaskedSelfAttention2d, SelfAttention2d
-from training.nets.masked_conv import MaskedConv2d
+from training.methods.ac.masked_attention import MaskedSelfAttention2d, SelfAttention2d
+from training.methods.ac.masked_conv import MaskedConv2d
 
 
 def _randomise_bn(net: nn.Module) -> nn.Module:

@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.methods.ac.autoregressive import AutoregressiveSegNet
+from training.methods.ac.orderings import use_ordering
 from training.methods.base import Method, MethodConfig
-from training.nets.autoregressive import AutoregressiveSegNet
 from training.nets.input_adapter import InputAdapter
-from training.nets.orderings import use_ordering
 from usseg_sdk.meta import InputSpec
 
 

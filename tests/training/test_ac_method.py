@@ -9,15 +9,15 @@ import copy
 import pytest
 import torch
 
-import training.methods.ac as ac_module
+import training.methods.ac.method as ac_module
 from training.data.geometric import perform_affine_tf
 from training.errors import ConfigError, DataError
 from training.methods.ac import AC
+from training.methods.ac.masked_attention import MaskedSelfAttention2d
+from training.methods.ac.masked_conv import MaskedConv2d
+from training.methods.ac.orderings import rewrite_to_plain, use_ordering
 from training.methods.base import FitContext, build_method
 from training.nets.input_adapter import InputAdapter
-from training.nets.masked_attention import MaskedSelfAttention2d
-from training.nets.masked_conv import MaskedConv2d
-from training.nets.orderings import rewrite_to_plain, use_ordering
 
 CTX = FitContext(device=torch.device("cpu"))
 TINY = {"n_clusters": 3, "over_clusters": 5, "width": 4, "n_blocks": 2, "half_T": 2}

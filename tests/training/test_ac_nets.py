@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.nets.autoregressive import AutoregressiveSegNet
-from training.nets.masked_attention import MaskedSelfAttention2d, SelfAttention2d
-from training.nets.masked_conv import MaskedConv2d
-from training.nets.orderings import (
+from training.methods.ac.autoregressive import AutoregressiveSegNet
+from training.methods.ac.masked_attention import MaskedSelfAttention2d, SelfAttention2d
+from training.methods.ac.masked_conv import MaskedConv2d
+from training.methods.ac.orderings import (
     ALL_IDS,
     RASTER_IDS,
     ZIGZAG_IDS,

@@ -9,7 +9,7 @@ import pytest
 import scipy.stats
 import torch
 
-from training.nets.orderings import (
+from training.methods.ac.orderings import (
     ALL_IDS,
     RASTER_IDS,
     ZIGZAG_IDS,

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from training.__main__ import main as training_main
-from training.baselines import collate_same_size, evaluate_baseline, score_protocols
 from training.errors import ConfigError, DataError, TrainingError
-from training.evaluation import cluster_confusions
+from training.evaluation import cluster_confusions, evaluate_baseline, score_protocols
+from training.loaders import collate_same_size
 from training.methods import FitContext, build_method
 from training.methods.baselines import PixelFeatures
 from training.methods.picie.kmeans import assign

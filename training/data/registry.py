@@ -13,35 +13,24 @@ from typing import Any
 
 from training.data.image_dataset import ImageDataset
 from training.errors import ConfigError
+from training.registry import Registry
 from training.typed_config import config_from_dict
 
-_REGISTRY: dict[str, type[ImageDataset]] = {}
+DATASETS: Registry[type[ImageDataset]] = Registry("dataset kind", listing="kinds", attribute="kind",
+                                                  package="training.data", unknown_error=ConfigError)
 
 
 def register_dataset(kind: str) -> Callable[[type[ImageDataset]], type[ImageDataset]]:
     """Class decorator: ``@register_dataset("mask_folder")``. Kinds are snake_case and unique."""
-
-    def decorate(cls: type[ImageDataset]) -> type[ImageDataset]:
-        if kind in _REGISTRY and _REGISTRY[kind] is not cls:
-            raise ValueError(f"dataset kind {kind!r} is already registered by {_REGISTRY[kind].__qualname__}")
-        cls.kind = kind
-        _REGISTRY[kind] = cls
-        return cls
-
-    return decorate
+    return DATASETS.register(kind)
 
 
 def dataset_kinds() -> list[str]:
-    import training.data  # noqa: F401  (imports every reader module, which registers it)
-
-    return sorted(_REGISTRY)
+    return DATASETS.names()
 
 
 def get_dataset_class(kind: Any) -> type[ImageDataset]:
-    kinds = dataset_kinds()
-    if kind not in _REGISTRY:
-        raise ConfigError(f"unknown dataset kind {kind!r}; valid kinds: {', '.join(kinds)}")
-    return _REGISTRY[kind]
+    return DATASETS.get(kind)
 
 
 def build_dataset(spec: Mapping[str, Any], *, train: bool) -> ImageDataset:

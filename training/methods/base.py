@@ -28,6 +28,7 @@ from torch import nn
 from training.errors import DataError, UnknownMethodError
 from training.nets.backbones import BackboneConfig, DenseBackbone
 from training.nets.input_adapter import LEGACY_INPUT_KEYS, InputConfig, migrate_legacy_keys
+from training.registry import Registry
 from training.typed_config import config_from_dict, config_to_dict  # noqa: F401  (re-exported)
 from usseg_sdk.meta import InputSpec
 
@@ -172,10 +173,6 @@ class Method(nn.Module):
             self.train(was_training)
 
 
-# -- registry -----------------------------------------------------------------------------------------
-_REGISTRY: dict[str, type[Method]] = {}
-
-
 def batch_images(batch: dict[str, Any], method: str, channels: int) -> torch.Tensor:
     """``batch["image"]`` checked: a float (B, C, H, W) tensor with the configured ``channels``; else DataError."""
     images = batch.get("image")
@@ -201,30 +198,22 @@ def batch_labels(batch: dict[str, Any], images: torch.Tensor, method: str) -> to
     return labels
 
 
+# -- registry -----------------------------------------------------------------------------------------
+METHODS: Registry[type[Method]] = Registry("method", listing="names", attribute="name", package="training.methods",
+                                           unknown_error=UnknownMethodError)
+
+
 def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
     """Class decorator: ``@register_method("iic")``. Names are snake_case and unique."""
-
-    def decorate(cls: type[Method]) -> type[Method]:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"method {name!r} is already registered by {_REGISTRY[name].__qualname__}")
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return decorate
+    return METHODS.register(name)
 
 
 def available_methods() -> list[str]:
-    import training.methods  # noqa: F401  (imports every method module, which registers it)
-
-    return sorted(_REGISTRY)
+    return METHODS.names()
 
 
 def get_method_class(name: str) -> type[Method]:
-    names = available_methods()
-    if name not in _REGISTRY:
-        raise UnknownMethodError(f"unknown method {name!r}; valid names: {', '.join(names) or '(none)'}")
-    return _REGISTRY[name]
+    return METHODS.get(name)
 
 
 def build_method(name: str, config: dict[str, Any] | MethodConfig | None = None) -> Method:

@@ -4,17 +4,20 @@ import yaml
 import tests.training.engine.toy_methods  # noqa: F401  (registers toy_seg)
 from training import config as config_mod
 from training.config import (
+    RunConfig,
     TrainConfig,
     apply_overrides,
     available_presets,
     load_preset,
     parse_override,
     resolve_config,
+    resolve_run_config,
     with_data_roots,
     write_config,
 )
 from training.errors import ConfigError, UnknownMethodError
 from training.methods import available_methods
+from training.typed_config import config_from_dict
 
 RAW = {"method": "toy_seg", "method_config": {"n_clusters": 4}, "data": {"train": {"kind": "folder", "root": None}},
        "train": {"epochs": 2}}
@@ -111,3 +114,35 @@ def test_unknown_data_key_fails_at_resolution():
     raw = {"method": "iic", "data": {"train": {"kind": "potsdam", "root": None, "split": "eval"}}}
     with pytest.raises(ConfigError, match=r"data\.train: dataset kind 'potsdam'.*split"):
         resolve_config(raw)
+
+
+@pytest.mark.parametrize("name", available_presets())
+def test_the_typed_run_config_is_the_one_its_config_yaml_rebuilds(name):
+    """The engine uses the typed configs built once; a run repeated from its config.yaml must build the same."""
+    run = resolve_run_config(load_preset(name), data="/imgs", eval_data="/labelled")
+    plain = run.to_dict()
+    assert isinstance(run, RunConfig) and resolve_config(plain) == plain
+    assert run.method_config == config_from_dict(type(run.method_config), plain["method_config"])
+    assert run.train == config_from_dict(TrainConfig, plain["train"])
+    again = resolve_run_config(plain)
+    for typed, rebuilt in ((run.train_data, again.train_data), (run.eval_data, again.eval_data)):
+        assert typed.dataset_class is not None and typed.dataset_config == rebuilt.dataset_config
+
+
+def test_resolve_run_config_applies_roots_then_overrides_to_a_copy():
+    raw = {**RAW, "data": {"train": {"kind": "folder", "channels": 1}, "eval": None}}
+    run = resolve_run_config(raw, overrides=["train.epochs=5", "data.eval.split_file=null"], data="/imgs",
+                             eval_data="/labelled")
+    assert run.to_dict() == resolve_config(apply_overrides(with_data_roots(raw, "/imgs", "/labelled"),
+                                                           ["train.epochs=5", "data.eval.split_file=null"]))
+    assert run.train.epochs == 5 and run.train_data.spec["root"] == "/imgs"
+    assert run.eval_data.spec == {"kind": "mask_folder", "channels": 1, "root": "/labelled", "split_file": None}
+    assert raw["data"]["train"] == {"kind": "folder", "channels": 1} and raw["train"] == {"epochs": 2}
+
+
+def test_a_spec_of_an_unregistered_kind_is_kept_and_fails_when_built():
+    run = resolve_run_config({**RAW, "data": {"train": {"kind": "plugin_kind", "root": "/x"}}})
+    assert run.train_data.dataset_class is None and run.to_dict()["data"]["train"] == {"kind": "plugin_kind",
+                                                                                           "root": "/x"}
+    with pytest.raises(ConfigError, match=r"unknown dataset kind 'plugin_kind'; valid kinds: .*folder"):
+        run.train_data.build()

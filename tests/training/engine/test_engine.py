@@ -1,5 +1,6 @@
 import itertools
 import json
+import logging
 import math
 
 import pytest
@@ -170,6 +171,21 @@ def test_resume_mid_epoch_repeats_the_uninterrupted_run(tmp_path):
     assert logged(tmp_path / "split") == logged(tmp_path / "full")  # the log window survived the resume too
     events = [r["event"] for r in records(tmp_path / "split") if r["kind"] == "event"]
     assert events == ["start", "resume", "end"]  # lines written after the checkpoint were dropped
+
+
+def test_resume_warns_about_every_changed_config_key(tmp_path, caplog):
+    fit(config(epochs=1), tmp_path / "run", train_dataset=TRAIN)
+    changed = config(epochs=2, log_every=3, method_config={"lr": 0.25})
+    with caplog.at_level(logging.WARNING):
+        result = fit(changed, tmp_path / "run", resume=True, train_dataset=TRAIN)
+    assert result.step == 8
+    assert [r.getMessage() for r in caplog.records if "config changed" in r.getMessage()] == [
+        "config changed on resume: method_config.lr: 0.5 -> 0.25",
+        "config changed on resume: train.epochs: 1 -> 2",
+        "config changed on resume: train.log_every: 1 -> 3",
+    ]
+    saved = ck.open_checkpoint(tmp_path / "run" / "checkpoints" / "last").state["config"]
+    assert saved == resolve_config(changed)
 
 
 def test_fresh_run_refuses_a_directory_with_checkpoints_and_resume_needs_one(tmp_path):

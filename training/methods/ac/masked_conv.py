@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.nets.orderings import ALL_IDS, MaskType, OrderedLayer, conv_mask, shift_padding
+from training.methods.ac.orderings import ALL_IDS, MaskType, OrderedLayer, conv_mask, shift_padding
 
 
 class MaskedConv2d(OrderedLayer):

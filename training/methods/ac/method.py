@@ -11,13 +11,13 @@ the defaults here and each a field of :class:`ACConfig` (its section and choices
   uncollapsed, identity alignment, all-ones mask) between Φ(x; o1) and Φ(x; o2) at input resolution, ``lamb``
   = 1, displacement window ``half_T`` (10 for COCO and Potsdam-3, 5 for Potsdam-6).
 * Orderings (§3.3, §A5): (o1, o2) uniform over the ordered pairs with o1 != o2 from ``orderings`` (default: the
-  8 raster scans, all 16 with ``attention``; ids in ``training.nets.orderings``). The reimplementation allows
+  8 raster scans, all 16 with ``attention``; ids in ``training.methods.ac.orderings``). The reimplementation allows
   o1 = o2, which leaves no invariance signal.
-* Net (§3.4-§3.6, §A3/§A4/§A6/§A7): ``training.nets.autoregressive.AutoregressiveSegNet``; ``mode = "strict"`` (first
+* Net (§3.4-§3.6, §A3/§A4/§A6/§A7): ``training.methods.ac.autoregressive.AutoregressiveSegNet``; ``mode = "strict"`` (first
   masked layer type A, then type B; ``"inclusive"`` = type B everywhere), ``attention = True`` after block 2
   (grid stride 4; stride 2 without attention), widths 64 -> 1024 (``width``, ``n_blocks``). ``head_norm``
   (BN -> ReLU before the heads, default on) is ours, not a proposal: without it the un-normalised residual stream
-  saturates the initial softmaxes (see ``training.nets.autoregressive``).
+  saturates the initial softmaxes (see ``training.methods.ac.autoregressive``).
 * Views (§3.7, §A8): both orderings see the same x, h-flipped with ``hflip_p`` before both views (IIC's
   preprocessing; the random crop is the dataset's). ``iic_transforms = True`` also gives view 2 IIC's colour
   jitter (``jitter``, ``training.data.photometric``) and horizontal flip (``view_flip_p``; plus IIC's random
@@ -35,7 +35,7 @@ the defaults here and each a field of :class:`ACConfig` (its section and choices
 
 Masked weights: taps hidden under this step's orderings get exact zero gradients (``after_backward``), and taps
 hidden under every allowed ordering stay bit-identical to their initial values through Adam's momentum and
-weight decay (``on_step_end`` writes them back); see ``training.nets.masked_conv``. Both hooks must run in any
+weight decay (``on_step_end`` writes them back); see ``training.methods.ac.masked_conv``. Both hooks must run in any
 loop that trains this method (the engine calls them).
 """
 
@@ -53,12 +53,12 @@ from training.data.geometric import AffineRange, paired_view
 from training.data.photometric import PhotometricConfig, photometric_augment
 from training.errors import ConfigError, DataError
 from training.losses.mutual_info import iic_seg_loss, iic_seg_loss_with_affine
+from training.methods.ac.autoregressive import AutoregressiveSegNet
+from training.methods.ac.masked_conv import MaskedConv2d
+from training.methods.ac.orderings import ALL_IDS, RASTER_IDS, ZIGZAG_IDS, sample_ordering_pair, use_ordering
 from training.methods.base import FitContext, Method, MethodConfig, batch_images, batch_labels, register_method
-from training.nets.autoregressive import AutoregressiveSegNet
 from training.nets.backbones import backbone_normalisation, build_backbone
 from training.nets.input_adapter import InputAdapter
-from training.nets.masked_conv import MaskedConv2d
-from training.nets.orderings import ALL_IDS, RASTER_IDS, ZIGZAG_IDS, sample_ordering_pair, use_ordering
 from usseg_sdk.meta import InputSpec
 
 logger = logging.getLogger(__name__)
@@ -347,8 +347,8 @@ class AC(Method):
         """Φ(x; 0): plain convolutions, unmasked attention, sharing the method's weights.
 
         It is returned in whatever mode the method is in; :meth:`predict` and export put it in eval mode (BN
-        running statistics). Export's rewrite (``training.nets.orderings.rewrite_to_plain``) turns the masked
-        layers into ``nn.Conv2d`` / :class:`~training.nets.masked_attention.SelfAttention2d`.
+        running statistics). Export's rewrite (``training.methods.ac.orderings.rewrite_to_plain``) turns the masked
+        layers into ``nn.Conv2d`` / :class:`~training.methods.ac.masked_attention.SelfAttention2d`.
         """
         if head not in self.eval_heads():
             raise ConfigError(f"AC has heads {sorted(self.eval_heads())}; got {head!r}")

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.nets.orderings import OrderedLayer, rank_map
+from training.methods.ac.orderings import OrderedLayer, rank_map
 
 
 class SelfAttention2d(nn.Module):

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.nets.masked_attention import MaskedSelfAttention2d
-from training.nets.masked_conv import MaskedConv2d
+from training.methods.ac.masked_attention import MaskedSelfAttention2d
+from training.methods.ac.masked_conv import MaskedConv2d
 
 CausalMode = Literal["strict", "inclusive"]
 
@@ -71,7 +71,7 @@ def ar_block(in_channels: int, out_channels: int) -> nn.Sequential:
 
 class AutoregressiveSegNet(nn.Module):
     """Φ(x; o): (B, C_in, H, W) -> cluster probabilities (B, K, H, W); the ordering o is set with
-    :func:`training.nets.orderings.use_ordering` (None = plain convolutions, the paper's inference)."""
+    :func:`training.methods.ac.orderings.use_ordering` (None = plain convolutions, the paper's inference)."""
 
     def __init__(self, in_channels: int, heads: dict[str, int], width: int = 64, n_blocks: int = 4,
                  grid_stride: int = 4, attention: bool = True, attention_after: int = 2, attention_heads: int = 1,
