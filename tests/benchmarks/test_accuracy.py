@@ -1,28 +1,18 @@
-"""benchmarks/accuracy.py: eval subsets, protocol scoring, one budgeted run on the bundled sample, resume-skip."""
+"""benchmarks/accuracy/: eval subsets, protocol scoring, one budgeted run on the bundled sample, resume-skip."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("benchmarks_accuracy", ROOT / "benchmarks" / "accuracy.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-acc = _load_benchmark()
+from benchmarks.accuracy import data, records, report, runner, scoring
+from benchmarks.accuracy.settings import Settings
+from benchmarks.datasets import NEU_CLASSES
+from training.errors import ConfigError
 
 
 @pytest.fixture(autouse=True)
@@ -33,26 +23,26 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def sample_settings(sample_dir: Path, **kw) -> acc.Settings:
-    return acc.Settings(budget_s=kw.pop("budget_s", 2.0), eval_limit=None, data_root=str(sample_dir),
+def sample_settings(sample_dir: Path, **kw) -> Settings:
+    return Settings(budget_s=kw.pop("budget_s", 2.0), eval_limit=None, data_root=str(sample_dir),
                         split_file=str(sample_dir / "splits.json"), eval_split="holdout",
                         tuning_subset=kw.pop("tuning_subset", 5), baseline_fit_images=8, **kw)
 
 
 def test_eval_subset_is_fixed_sorted_and_nested_in_the_split():
     ids = [f"{i:06d}" for i in range(50, 0, -1)]
-    a, b = acc.eval_subset(ids, 10), acc.eval_subset(list(reversed(ids)), 10)
+    a, b = data.eval_subset(ids, 10), data.eval_subset(list(reversed(ids)), 10)
     assert a == b == sorted(a) and len(set(a)) == 10 and set(a) <= set(ids)
-    assert acc.eval_subset(ids, None) == sorted(ids) == acc.eval_subset(ids, 80)
+    assert data.eval_subset(ids, None) == sorted(ids) == data.eval_subset(ids, 80)
     assert a != sorted(ids)[:10]  # a random subset, not the first ids
 
 
 def test_eval_parts_split_tuning_from_untouched(sample_dir):
-    parts = acc.eval_parts(sample_settings(sample_dir))
+    parts = data.eval_parts(sample_settings(sample_dir))
     holdout = json.loads((sample_dir / "splits.json").read_text())["holdout"]
     assert len(parts["eval_tuning"]) == 5 and len(parts["eval_untouched"]) == len(holdout) - 5
     assert sorted(parts["eval_tuning"] + parts["eval_untouched"]) == sorted(holdout)
-    limited = acc.eval_parts(acc.Settings(**{**sample_settings(sample_dir).__dict__, "eval_limit": 3}))
+    limited = data.eval_parts(Settings(**{**sample_settings(sample_dir).__dict__, "eval_limit": 3}))
     assert list(limited) == ["eval_tuning"] and len(limited["eval_tuning"]) == 3
 
 
@@ -63,8 +53,8 @@ def test_protocols_pick_hungarian_main_and_calibrated_over_head():
     over[0, 0], over[1, 0], over[2, 1], over[3, 2], over[4, 3], over[5, 0] = 400, 400, 30, 50, 20, 1
     calib_over = over.copy()
     calib_over[5] = [0, 9, 0, 0]  # calibration maps cluster 5 to inclusion: a wrong name on eval
-    heads = acc.score_heads({"main": main, "over": over}, {"main": main, "over": calib_over})
-    protos = acc.protocols(heads)
+    heads = scoring.score_heads({"main": main, "over": over}, {"main": main, "over": calib_over})
+    protos = scoring.protocols(heads)
     assert protos["a"]["head"] == "main" and protos["a"]["miou"] == pytest.approx(1.0)
     assert heads["main"]["same_images"]["mapping"] == [1, 2, 3, 0]
     b = protos["b"]
@@ -75,14 +65,14 @@ def test_protocols_pick_hungarian_main_and_calibrated_over_head():
 
 
 def test_main_head_without_k4_has_no_protocol_a():
-    heads = acc.score_heads({"main": np.eye(6, 4, dtype=np.int64) * 10}, {"main": np.eye(6, 4, dtype=np.int64)})
-    protos = acc.protocols(heads)
+    heads = scoring.score_heads({"main": np.eye(6, 4, dtype=np.int64) * 10}, {"main": np.eye(6, 4, dtype=np.int64)})
+    protos = scoring.protocols(heads)
     assert protos["a"] is None and protos["b"]["head"] == "main" and protos["b"]["k"] == 6
 
 
 def test_method_config_sets_splits_budget_seed_and_overrides(sample_dir):
     settings = sample_settings(sample_dir, budget_s=7.0)
-    config = acc.method_config("iic", 3, settings, {"method_config.lamb_B": 0.5})
+    config = runner.method_config("iic", 3, settings, {"method_config.lamb_B": 0.5})
     assert config["data"]["train"]["split"] == "train" and config["data"]["train"]["masks_dir"] is None
     calibration = json.loads((sample_dir / "splits.json").read_text())["calibration"]
     assert sorted(config["data"]["eval"]["ids"]) == sorted(calibration)
@@ -93,34 +83,34 @@ def test_method_config_sets_splits_budget_seed_and_overrides(sample_dir):
 def test_one_budgeted_run_writes_the_schema_and_a_rerun_skips(sample_dir, tmp_path, monkeypatch):
     settings = sample_settings(sample_dir, budget_s=2.0)
     out, runs = tmp_path / "out", tmp_path / "runs"
-    record = acc.run_one("iic", 0, settings, out=out, runs_dir=runs)
-    json_path, frames_path = acc.run_paths(out, "iic", 0)
+    record = runner.run_one("iic", 0, settings, out=out, runs_dir=runs)
+    json_path, frames_path = records.run_paths(out, "iic", 0)
     assert json.loads(json_path.read_text()) == json.loads(json.dumps(record))
     assert record["settings"] == settings.key() and record["training"]["steps"] >= 1
     assert 2.0 <= record["training"]["seconds"] < 60
     final = record["checkpoints"]["final"]
     for proto in ("a", "b"):
         p = final["protocols"][proto]
-        assert 0.0 <= p["miou"] <= 1.0 and set(p["iou"]) == set(acc.NEU_CLASSES)
+        assert 0.0 <= p["miou"] <= 1.0 and set(p["iou"]) == set(NEU_CLASSES)
     assert final["protocols"]["b"]["head"] == "over"
     assert final["untouched"]["images"] == record["eval"]["images"] - 5
     assert record["curves"] and record["curves"][-1]["step"] == record["training"]["steps"]
     with np.load(frames_path) as frames:
         assert frames["b"].shape[0] == len(frames["ids"]) and frames["b"].shape[1:] == (200, 200)
-        assert frames["b"].max() < len(acc.NEU_CLASSES)
+        assert frames["b"].max() < len(NEU_CLASSES)
 
     def no_training(*args, **kwargs):
         raise AssertionError("a finished run was trained again")
 
-    monkeypatch.setattr(acc, "fit", no_training)
-    assert acc.run_one("iic", 0, settings, out=out, runs_dir=runs) == json.loads(json_path.read_text())
+    monkeypatch.setattr(runner, "fit", no_training)
+    assert runner.run_one("iic", 0, settings, out=out, runs_dir=runs) == json.loads(json_path.read_text())
     json_path.unlink()  # the result is lost but the run dir says training finished: score again, no training
-    again = acc.run_one("iic", 0, settings, out=out, runs_dir=runs)
+    again = runner.run_one("iic", 0, settings, out=out, runs_dir=runs)
     assert again["checkpoints"]["final"]["heads"] == record["checkpoints"]["final"]["heads"]
-    with pytest.raises(acc.ConfigError, match="other settings"):
-        acc.run_one("iic", 0, sample_settings(sample_dir, budget_s=3.0), out=out, runs_dir=runs)
+    with pytest.raises(ConfigError, match="other settings"):
+        runner.run_one("iic", 0, sample_settings(sample_dir, budget_s=3.0), out=out, runs_dir=runs)
 
-    summary = acc.write_reports(out, settings)
+    summary = report.write_reports(out, settings)
     assert {(r["row"], r["checkpoint"], r["subset"], r["protocol"]) for r in summary["rows"]} >= {
         ("iic", "final", "all", "a"), ("iic", "final", "all", "b"), ("iic", "final", "untouched", "a")}
     text = (out / "accuracy_neu.md").read_text()
@@ -133,4 +123,4 @@ def test_eval_subset_is_the_subset_the_baselines_benchmark_scores():
 
     ids = [f"{i:06d}" for i in range(40)]
     loader = image_loader(list(range(40)), batch_size=4, limit=9)  # a list stands in for the dataset
-    assert [ids[i] for i in loader.dataset.indices] == acc.eval_subset(ids, 9)
+    assert [ids[i] for i in loader.dataset.indices] == data.eval_subset(ids, 9)

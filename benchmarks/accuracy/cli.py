@@ -1,0 +1,121 @@
+"""The command line of the accuracy benchmark (``python -m benchmarks.accuracy``; the package docstring has
+examples)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import benchmarks.accuracy as package
+from benchmarks.accuracy.report import write_reports
+from benchmarks.accuracy.rows import DEFAULT_ROWS, DEFAULT_TRAIN_IMAGES, row_preset
+from benchmarks.accuracy.runner import run_one
+from benchmarks.accuracy.settings import RESULTS, STEM, Settings
+from benchmarks.accuracy.tuning import tuning_table
+from benchmarks.datasets import NEU_SPLIT_FILE, REPO, data_root
+from training.config import load_preset
+from training.errors import ConfigError
+from training.methods.base import available_methods
+
+log = logging.getLogger("benchmarks.accuracy")
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    from training.config import parse_override
+
+    out = {}
+    for item in items:
+        path, value = parse_override(item)
+        out[".".join(path)] = value
+    return out
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.accuracy", description=package.__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--methods", nargs="+", default=list(DEFAULT_ROWS),
+                   help="rows: presets training/presets/<row>_neu.yaml (methods and baselines)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--budget-s", type=float, default=600.0, help="training wall-clock per method run")
+    p.add_argument("--data-root", default=None, help="folder holding neu-seg/ (default $USSEG_DATA, ../shared/data)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, auto")
+    p.add_argument("--eval-limit", type=int, default=None, help="a fixed subset of this many eval images")
+    p.add_argument("--tuning-subset", type=int, default=200,
+                   help="size of the fixed eval subset tuning looked at; the rest is also scored alone (0: off)")
+    p.add_argument("--train-images", nargs="*", default=None, metavar="ROW=N",
+                   help=f"train a row on a seeded subset of N train images (default {DEFAULT_TRAIN_IMAGES}; "
+                        "N=0: all)")
+    p.add_argument("--baseline-fit-images", type=int, default=1000, help="train images a baseline's k-means sees")
+    p.add_argument("--split-file", default=str(NEU_SPLIT_FILE), help="JSON with train, calibration and eval splits")
+    p.add_argument("--eval-split", default="eval", help="name of the evaluation split in --split-file")
+    p.add_argument("--set", dest="overrides", action="append", default=[],
+                   help="key=value override of every method run's config (tuning); recorded in the run JSON")
+    p.add_argument("--out", default=str(RESULTS), help="results folder")
+    p.add_argument("--runs-dir", default=str(REPO / "runs" / STEM), help="run directories (checkpoints)")
+    p.add_argument("--notes", default="", help="a paragraph for the markdown (machine conditions)")
+    p.add_argument("--report-only", action="store_true", help="only rebuild the tables and figures")
+    p.add_argument("--tuning-table", nargs="+", metavar="OUT", help="print a tuning-log table of these --out folders")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(message)s",
+                        datefmt="%H:%M:%S")
+    log.setLevel(logging.INFO)
+    if args.tuning_table:
+        print(tuning_table([Path(f) for f in args.tuning_table]), end="")
+        return 0
+    root = data_root(args.data_root)
+    settings = Settings(budget_s=args.budget_s, eval_limit=args.eval_limit, data_root=str(root),
+                        device=_device(args.device), threads=args.threads,
+                        baseline_fit_images=args.baseline_fit_images, split_file=args.split_file,
+                        eval_split=args.eval_split, tuning_subset=args.tuning_subset or None,
+                        train_images=_train_images(args.train_images))
+    out = Path(args.out)
+    if not args.report_only:
+        run_rows(args.methods, args.seeds, settings, out=out, runs_dir=Path(args.runs_dir),
+                 overrides=parse_overrides(args.overrides))
+    write_reports(out, settings, args.notes)
+    print(f"wrote {out / (STEM + '.md')}")
+    return 0
+
+
+def run_rows(rows: Sequence[str], seeds: Sequence[int], settings: Settings, *, out: Path, runs_dir: Path,
+             overrides: dict[str, Any]) -> None:
+    """Every (row, seed) in turn; a row whose preset is missing or whose method is not registered is skipped."""
+    known = set(available_methods())
+    for row in rows:
+        try:
+            method = load_preset(row_preset(row))["method"]
+        except ConfigError as e:
+            log.error("%s: %s", row, e)
+            continue
+        if method not in known:
+            log.error("%s: method %r is not registered here (known: %s); skipped", row, method, sorted(known))
+            continue
+        for seed in seeds:
+            run_one(row, seed, settings, out=out, runs_dir=runs_dir, overrides=overrides)
+
+
+def _train_images(items: Sequence[str] | None) -> tuple[tuple[str, int], ...]:
+    table = dict(DEFAULT_TRAIN_IMAGES)
+    for item in items or ():
+        row, sep, n = item.partition("=")
+        if not sep or not n.strip().isdigit():
+            raise ConfigError(f"--train-images expects ROW=N, got {item!r}")
+        table[row.strip()] = int(n)
+    return tuple(sorted(table.items()))
+
+
+def _device(spec: str) -> str:
+    if spec == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return spec

@@ -1,0 +1,225 @@
+"""The reports: per-run JSONs -> mean / std over seeds per row -> ``<stem>.json`` and ``<stem>.md`` (+ figures)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import statistics
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.accuracy.records import load_records
+from benchmarks.accuracy.rows import row_order
+from benchmarks.accuracy.settings import STEM, Settings
+from benchmarks.datasets import NEU_CLASSES, NEU_SPLIT_FILE, REPO, data_root
+from usseg_sdk.atomic import write_text_atomic
+from usseg_sdk.metrics import segmentation_scores
+
+log = logging.getLogger("benchmarks.accuracy")
+
+SCORE_KEYS = ("pixel_accuracy", "miou", "defect_iou", *(f"iou_{c}" for c in NEU_CLASSES))
+PROTOCOL_TEXT = {
+    "a": "(a) main head, k = 4, Hungarian one-to-one mapping fitted on the eval images",
+    "b": "(b) over-clustering head where the model has one (else main), many-to-one mapping fitted on the 40 "
+         "calibration images, applied to the eval images",
+    "c": "(c) the head of (b), many-to-one mapping chosen to maximise the calibration images' mIoU (instead of the "
+         "majority vote), applied to the eval images",
+}
+
+
+# -- aggregation ------------------------------------------------------------------------------------------------
+def aggregate(records: Iterable[dict[str, Any]], settings_key: dict[str, Any] | None = None
+              ) -> list[dict[str, Any]]:
+    """Mean / std over seeds per (row, checkpoint, eval subset, protocol); runs with other settings are left out.
+    Subsets: ``all`` (every eval image scored) and ``untouched`` (those outside the tuning subset)."""
+    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
+    seconds: dict[str, list[float]] = {}
+    for rec in records:
+        if settings_key is not None and rec.get("settings") != settings_key:
+            continue
+        seconds.setdefault(rec["row"], []).append(rec["training"].get("seconds_with_epoch_close",
+                                                                      rec["training"]["seconds"]))
+        for which, entry in rec["checkpoints"].items():
+            subsets = {"all": entry["protocols"], "untouched": (entry.get("untouched") or {}).get("protocols", {})}
+            for subset, protos in subsets.items():
+                for name, proto in protos.items():
+                    if proto is not None:
+                        groups.setdefault((rec["row"], which, subset, name), []).append({**proto, "seed": rec["seed"]})
+    rows = []
+    for (row, which, subset, name), protos in sorted(groups.items(), key=lambda kv: row_order(kv[0])):
+        stats: dict[str, Any] = {}
+        for key in SCORE_KEYS:
+            values = [_score(p, key) for p in protos]
+            values = [v for v in values if v is not None]
+            stats[key] = {"mean": statistics.fmean(values) if values else None,
+                          "std": statistics.stdev(values) if len(values) > 1 else None, "n": len(values)}
+        rows.append({"row": row, "checkpoint": which, "subset": subset, "protocol": name, "head": protos[0]["head"],
+                     "k": protos[0]["k"], "mapping": protos[0]["mapping"], "seeds": sorted(p["seed"] for p in protos),
+                     "train_seconds": statistics.fmean(seconds[row]), **stats})
+    return rows
+
+
+def _score(proto: dict[str, Any], key: str) -> float | None:
+    return proto["iou"].get(key[4:]) if key.startswith("iou_") else proto.get(key)
+
+
+def all_background_reference(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Scores of predicting background everywhere on the eval images (from a run's ground-truth pixel counts):
+    under every protocol a model that puts (nearly) every pixel in background clusters gets about this."""
+    for rec in records:
+        confusion = rec["checkpoints"]["final"].get("confusions", {}).get("eval", {}).get("main")
+        if confusion is None:
+            continue
+        gt = np.asarray(confusion, dtype=np.int64).sum(axis=0)  # (n_classes,) pixels per class
+        matrix = np.zeros((len(gt), len(gt)), dtype=np.int64)
+        matrix[0] = gt  # every pixel predicted background
+        scores = segmentation_scores(matrix, NEU_CLASSES, background=0)
+        return {"pixel_accuracy": scores.pixel_accuracy, "miou": scores.miou, "defect_iou": scores.defect_iou,
+                "class_pixel_share": [float(v) for v in gt / gt.sum()]}
+    return None
+
+
+def _common_settings(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    keys = [json.dumps(r.get("settings"), sort_keys=True) for r in records]
+    if not keys:
+        return None
+    most = max(set(keys), key=keys.count)
+    return json.loads(most)
+
+
+# -- files ------------------------------------------------------------------------------------------------------
+def write_reports(out: Path, settings: Settings | None, notes: str = "") -> dict[str, Any]:
+    """Rebuild ``<stem>.json``, ``<stem>.md`` and the figures from the run JSONs under ``out``."""
+    from benchmarks.accuracy.figures import plot_bars, plot_curves, plot_overlays
+
+    records = load_records(out)
+    key = settings.key() if settings is not None else _common_settings(records)
+    kept = [r for r in records if key is None or r.get("settings") == key]
+    rows = aggregate(kept, key)
+    summary = {"dataset": "NEU-Seg", "classes": list(NEU_CLASSES),
+               "split_file": str(NEU_SPLIT_FILE.relative_to(REPO)),
+               "settings": key, "protocols": PROTOCOL_TEXT, "rows": rows,
+               "all_background": all_background_reference(kept),
+               "runs": [{k: v for k, v in r.items() if k != "curves"} for r in kept],
+               "curves": {f"{r['row']}_seed{r['seed']}": r["curves"] for r in kept if r["curves"]}}
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / f"{STEM}.json", json.dumps(summary, indent=1))
+    write_text_atomic(out / f"{STEM}.md", markdown(summary, notes))
+    try:
+        plot_bars(rows, out / f"{STEM}.png")
+        plot_curves(kept, out / f"{STEM}_curves.png")
+        plot_overlays(out, kept, Path(data_root(None) if settings is None else settings.data_root))
+    except Exception as e:  # a figure problem must not lose the tables
+        log.warning("figures not drawn: %s", e)
+    return summary
+
+
+# -- markdown ---------------------------------------------------------------------------------------------------
+def fmt(x: float | None, digits: int = 3) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _ms(stat: dict[str, Any]) -> str:
+    if stat["mean"] is None:
+        return "n/a"
+    return f"{stat['mean']:.3f}" + (f" ± {stat['std']:.3f}" if stat["std"] is not None else "")
+
+
+def markdown(summary: dict[str, Any], notes: str = "") -> str:
+    s = summary["settings"] or {}
+    n_eval = {r.get("eval", {}).get("images") for r in summary["runs"]}
+    lines = ["# Accuracy on NEU-Seg", "",
+             "Generated by `python -m benchmarks.accuracy`. "
+             f"Training budget {s.get('budget_s')} s of training wall-clock per run; evaluation on "
+             f"{', '.join(str(n) for n in sorted(n_eval, key=str))} images of the "
+             f"`{s.get('eval_split', 'eval')}` split (never trained on); the "
+             "`calibration` images (inside `train`) name clusters for protocol (b) and pick `best`. "
+             "Scores are fractions; mean ± std over seeds."
+             + (f" Configurations were chosen looking at a fixed subset of {s['tuning_subset']} eval images "
+                "(seed-0 runs, benchmarks/results/accuracy_neu_tuning.md); the `untouched` tables score only the "
+                "other eval images, which no choice looked at." if s.get("tuning_subset") else ""),
+             ""]
+    ref = summary.get("all_background")
+    if ref:
+        lines += [f"Reference: predicting background everywhere scores pixel accuracy {ref['pixel_accuracy']:.3f}, "
+                  f"mIoU {ref['miou']:.3f} and defect IoU 0 on these images (class pixel shares "
+                  + ", ".join(f"{c} {v:.3f}" for c, v in zip(NEU_CLASSES, ref["class_pixel_share"], strict=True))
+                  + "): an mIoU near it means the defects were not found; compare defect IoUs.", ""]
+    if notes:
+        lines += [notes, ""]
+    lines += headline_table(summary["rows"])
+    lines += protocol_tables(summary["rows"])
+    lines += curves_markdown(summary["curves"])
+    return "\n".join(lines) + "\n"
+
+
+def protocol_tables(rows: list[dict[str, Any]]) -> list[str]:
+    """One table per (checkpoint, eval subset, protocol): every score of every row, per class."""
+    tables = (("final", "all", "Final weights"),
+              ("final", "untouched", "Final weights, only the eval images outside the tuning subset"),
+              ("best", "all", "Best checkpoint by calibration mIoU"))
+    lines: list[str] = []
+    for which, subset, title in tables:
+        for proto in ("a", "b", "c"):
+            sel = [r for r in rows if r["checkpoint"] == which and r["subset"] == subset and r["protocol"] == proto]
+            if not sel:
+                continue
+            lines += [f"## {title}: {PROTOCOL_TEXT[proto]}", "",
+                      "| row | seeds | head (k) | train s | pixel acc. | mIoU | defect IoU | "
+                      + " | ".join(f"IoU {c}" for c in NEU_CLASSES) + " |",
+                      "|---|---|---|---|---|---|---|" + "---|" * len(NEU_CLASSES)]
+            for r in sel:
+                lines.append(f"| {r['row']} | {len(r['seeds'])} | {r['head']} ({r['k']}) | {r['train_seconds']:.0f} | "
+                             f"{_ms(r['pixel_accuracy'])} | {_ms(r['miou'])} | {_ms(r['defect_iou'])} | "
+                             + " | ".join(_ms(r[f'iou_{c}']) for c in NEU_CLASSES) + " |")
+            lines.append("")
+    return lines
+
+
+def headline_table(rows: list[dict[str, Any]], subset: str = "all") -> list[str]:
+    """One line per row: mIoU and defect IoU of the final weights under each protocol, and the training time."""
+    sel = {(r["row"], r["protocol"]): r for r in rows if r["checkpoint"] == "final" and r["subset"] == subset}
+    names = list(dict.fromkeys(r for r, _ in sel))
+    if not names:
+        return []
+    lines = ["## Headline: final weights, every eval image", "",
+             "| row | seeds | train s | (a) mIoU | (a) defect IoU | (b) mIoU | (b) defect IoU | (c) mIoU | "
+             "(c) defect IoU |", "|---|---|---|---|---|---|---|---|---|"]
+    for name in names:
+        cells = []
+        for proto in ("a", "b", "c"):
+            r = sel.get((name, proto))
+            cells += [_ms(r["miou"]), _ms(r["defect_iou"])] if r else ["n/a", "n/a"]
+        any_row = next(r for (n, _), r in sel.items() if n == name)
+        lines.append(f"| {name} | {len(any_row['seeds'])} | {any_row['train_seconds']:.0f} | " + " | ".join(cells)
+                     + " |")
+    return [*lines, ""]
+
+
+def curves_markdown(curves: dict[str, list[dict[str, Any]]], max_points: int = 12) -> list[str]:
+    """Per-row (lowest seed) calibration scores per evaluation: the per-epoch curves of issues 3 and 4."""
+    lines = ["## Training curves: engine evaluations of the 40 calibration images (main head, Hungarian on "
+             "those images; over head many-to-one), lowest seed per row", ""]
+    seen = set()
+    for name in sorted(curves, key=lambda n: (n.rsplit("_seed", 1)[0], int(n.rsplit("_seed", 1)[1]))):
+        row = name.rsplit("_seed", 1)[0]
+        if row in seen:
+            continue
+        seen.add(row)
+        points = curves[name]
+        if len(points) > max_points:  # evenly thinned, the last one kept
+            idx = sorted({round(i * (len(points) - 1) / (max_points - 1)) for i in range(max_points)})
+            points = [points[i] for i in idx]
+        lines += [f"### {name}", "", "| step | epoch | train s | pixel acc. | mIoU | "
+                  + " | ".join(f"IoU {c}" for c in NEU_CLASSES) + " | over mIoU |",
+                  "|---|---|---|---|---|" + "---|" * len(NEU_CLASSES) + "---|"]
+        for p in points:
+            lines.append(f"| {p['step']} | {p['epoch']} | {p['elapsed_s']:.0f} | {fmt(p['pixel_accuracy'])} | "
+                         f"{fmt(p['miou'])} | " + " | ".join(fmt(p["iou"].get(c)) for c in NEU_CLASSES)
+                         + f" | {fmt(p['over_miou'])} |")
+        lines.append("")
+    return lines
