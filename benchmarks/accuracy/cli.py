@@ -15,9 +15,9 @@ import benchmarks.accuracy as package
 from benchmarks.accuracy.report import write_reports
 from benchmarks.accuracy.rows import DEFAULT_ROWS, DEFAULT_TRAIN_IMAGES, row_preset
 from benchmarks.accuracy.runner import run_one
-from benchmarks.accuracy.settings import RESULTS, STEM, Settings
+from benchmarks.accuracy.settings import RESULTS, Settings, default_runs_dir
 from benchmarks.accuracy.tuning import tuning_table
-from benchmarks.datasets import NEU_SPLIT_FILE, REPO, data_root
+from benchmarks.datasets import DATASETS, data_root
 from training.config import load_preset
 from training.errors import ConfigError
 from training.methods.base import available_methods
@@ -38,26 +38,35 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks.accuracy", description=package.__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="neu",
+                   help="what to train and score on (outputs accuracy_<dataset>.*); every dataset runs the NEU-Seg "
+                        "presets unchanged")
     p.add_argument("--methods", nargs="+", default=list(DEFAULT_ROWS),
                    help="rows: presets training/presets/<row>_neu.yaml (methods and baselines)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--budget-s", type=float, default=600.0, help="training wall-clock per method run")
-    p.add_argument("--data-root", default=None, help="folder holding neu-seg/ (default $USSEG_DATA, ../shared/data)")
+    p.add_argument("--data-root", default=None,
+                   help="folder holding neu-seg/ and crackforest/ (default $USSEG_DATA, ../shared/data), or the "
+                        "dataset's own folder")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--device", default="cpu", help="cpu, cuda, auto")
     p.add_argument("--eval-limit", type=int, default=None, help="a fixed subset of this many eval images")
-    p.add_argument("--tuning-subset", type=int, default=200,
-                   help="size of the fixed eval subset tuning looked at; the rest is also scored alone (0: off)")
+    p.add_argument("--tuning-subset", type=int, default=None,
+                   help="size of the fixed eval subset tuning looked at; the rest is also scored alone (0: off; "
+                        "default: NEU-Seg 200, CrackForest none)")
     p.add_argument("--train-images", nargs="*", default=None, metavar="ROW=N",
                    help=f"train a row on a seeded subset of N train images (default {DEFAULT_TRAIN_IMAGES}; "
                         "N=0: all)")
     p.add_argument("--baseline-fit-images", type=int, default=1000, help="train images a baseline's k-means sees")
-    p.add_argument("--split-file", default=str(NEU_SPLIT_FILE), help="JSON with train, calibration and eval splits")
-    p.add_argument("--eval-split", default="eval", help="name of the evaluation split in --split-file")
+    p.add_argument("--split-file", default=None,
+                   help="JSON with train, calibration and eval splits (default benchmarks/splits/<dataset>.json)")
+    p.add_argument("--eval-split", default=None, help="name of the evaluation split in --split-file (default eval)")
     p.add_argument("--set", dest="overrides", action="append", default=[],
                    help="key=value override of every method run's config (tuning); recorded in the run JSON")
     p.add_argument("--out", default=str(RESULTS), help="results folder")
-    p.add_argument("--runs-dir", default=str(REPO / "runs" / STEM), help="run directories (checkpoints)")
+    p.add_argument("--runs-dir", default=None,
+                   help="run directories (checkpoints) and cache/ (converted datasets); "
+                        "default runs/accuracy_<dataset>")
     p.add_argument("--notes", default="", help="a paragraph for the markdown (machine conditions)")
     p.add_argument("--report-only", action="store_true", help="only rebuild the tables and figures")
     p.add_argument("--tuning-table", nargs="+", metavar="OUT", help="print a tuning-log table of these --out folders")
@@ -73,19 +82,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.tuning_table:
         print(tuning_table([Path(f) for f in args.tuning_table]), end="")
         return 0
-    root = data_root(args.data_root)
-    settings = Settings(budget_s=args.budget_s, eval_limit=args.eval_limit, data_root=str(root),
-                        device=_device(args.device), threads=args.threads,
-                        baseline_fit_images=args.baseline_fit_images, split_file=args.split_file,
-                        eval_split=args.eval_split, tuning_subset=args.tuning_subset or None,
-                        train_images=_train_images(args.train_images))
+    runs_dir = Path(args.runs_dir) if args.runs_dir else default_runs_dir(args.dataset)
+    settings = settings_from_args(args, runs_dir)
     out = Path(args.out)
     if not args.report_only:
-        run_rows(args.methods, args.seeds, settings, out=out, runs_dir=Path(args.runs_dir),
+        run_rows(args.methods, args.seeds, settings, out=out, runs_dir=runs_dir,
                  overrides=parse_overrides(args.overrides))
     write_reports(out, settings, args.notes)
-    print(f"wrote {out / (STEM + '.md')}")
+    print(f"wrote {out / (settings.stem + '.md')}")
     return 0
+
+
+def settings_from_args(args: argparse.Namespace, runs_dir: Path) -> Settings:
+    """The run settings; the dataset's mask folder is found (CrackForest: converted into runs_dir/cache once)."""
+    bench = DATASETS[args.dataset]
+    folder = bench.mask_folder(data_root(args.data_root), runs_dir / "cache")
+    tuning = bench.tuning_subset if args.tuning_subset is None else args.tuning_subset
+    return Settings(budget_s=args.budget_s, eval_limit=args.eval_limit, data_root=str(folder), dataset=bench.name,
+                    device=_device(args.device), threads=args.threads,
+                    baseline_fit_images=args.baseline_fit_images, split_file=args.split_file or str(bench.split_file),
+                    eval_split=args.eval_split or bench.eval_split, tuning_subset=tuning or None,
+                    train_images=_train_images(args.train_images))
 
 
 def run_rows(rows: Sequence[str], seeds: Sequence[int], settings: Settings, *, out: Path, runs_dir: Path,

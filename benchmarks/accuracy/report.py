@@ -6,34 +6,42 @@ import json
 import logging
 import math
 import statistics
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from benchmarks.accuracy.data import split_ids
 from benchmarks.accuracy.records import load_records
 from benchmarks.accuracy.rows import row_order
-from benchmarks.accuracy.settings import STEM, Settings
-from benchmarks.datasets import NEU_CLASSES, NEU_SPLIT_FILE, REPO, data_root
+from benchmarks.accuracy.settings import Settings, default_runs_dir, stem
+from benchmarks.datasets import DATASETS, REPO, BenchmarkDataset, data_root
+from training.errors import ConfigError
 from usseg_sdk.atomic import write_text_atomic
 from usseg_sdk.metrics import segmentation_scores
 
 log = logging.getLogger("benchmarks.accuracy")
 
-SCORE_KEYS = ("pixel_accuracy", "miou", "defect_iou", *(f"iou_{c}" for c in NEU_CLASSES))
-PROTOCOL_TEXT = {
-    "a": "(a) main head, k = 4, Hungarian one-to-one mapping fitted on the eval images",
-    "b": "(b) over-clustering head where the model has one (else main), many-to-one mapping fitted on the 40 "
-         "calibration images, applied to the eval images",
-    "c": "(c) the head of (b), many-to-one mapping chosen to maximise the calibration images' mIoU (instead of the "
-         "majority vote), applied to the eval images",
-}
+
+
+def protocol_text(n_classes: int, n_calibration: int | str) -> dict[str, str]:
+    return {
+        "a": f"(a) main head, k = {n_classes}, Hungarian one-to-one mapping fitted on the eval images",
+        "b": "(b) over-clustering head where the model has one (else main), many-to-one mapping fitted on the "
+             f"{n_calibration} calibration images, applied to the eval images",
+        "c": "(c) the head of (b), many-to-one mapping chosen to maximise the calibration images' mIoU (instead of "
+             "the majority vote), applied to the eval images",
+    }
+
+
+def score_keys(class_names: Sequence[str]) -> tuple[str, ...]:
+    return ("pixel_accuracy", "miou", "defect_iou", *(f"iou_{c}" for c in class_names))
 
 
 # -- aggregation ------------------------------------------------------------------------------------------------
-def aggregate(records: Iterable[dict[str, Any]], settings_key: dict[str, Any] | None = None
-              ) -> list[dict[str, Any]]:
+def aggregate(records: Iterable[dict[str, Any]], class_names: Sequence[str],
+              settings_key: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Mean / std over seeds per (row, checkpoint, eval subset, protocol); runs with other settings are left out.
     Subsets: ``all`` (every eval image scored) and ``untouched`` (those outside the tuning subset)."""
     groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
@@ -52,7 +60,7 @@ def aggregate(records: Iterable[dict[str, Any]], settings_key: dict[str, Any] | 
     rows = []
     for (row, which, subset, name), protos in sorted(groups.items(), key=lambda kv: row_order(kv[0])):
         stats: dict[str, Any] = {}
-        for key in SCORE_KEYS:
+        for key in score_keys(class_names):
             values = [_score(p, key) for p in protos]
             values = [v for v in values if v is not None]
             stats[key] = {"mean": statistics.fmean(values) if values else None,
@@ -67,7 +75,8 @@ def _score(proto: dict[str, Any], key: str) -> float | None:
     return proto["iou"].get(key[4:]) if key.startswith("iou_") else proto.get(key)
 
 
-def all_background_reference(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+def all_background_reference(records: list[dict[str, Any]], class_names: Sequence[str], background: int = 0
+                             ) -> dict[str, Any] | None:
     """Scores of predicting background everywhere on the eval images (from a run's ground-truth pixel counts):
     under every protocol a model that puts (nearly) every pixel in background clusters gets about this."""
     for rec in records:
@@ -76,8 +85,8 @@ def all_background_reference(records: list[dict[str, Any]]) -> dict[str, Any] | 
             continue
         gt = np.asarray(confusion, dtype=np.int64).sum(axis=0)  # (n_classes,) pixels per class
         matrix = np.zeros((len(gt), len(gt)), dtype=np.int64)
-        matrix[0] = gt  # every pixel predicted background
-        scores = segmentation_scores(matrix, NEU_CLASSES, background=0)
+        matrix[background] = gt  # every pixel predicted background
+        scores = segmentation_scores(matrix, class_names, background=background)
         return {"pixel_accuracy": scores.pixel_accuracy, "miou": scores.miou, "defect_iou": scores.defect_iou,
                 "class_pixel_share": [float(v) for v in gt / gt.sum()]}
     return None
@@ -92,30 +101,52 @@ def _common_settings(records: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 # -- files ------------------------------------------------------------------------------------------------------
-def write_reports(out: Path, settings: Settings | None, notes: str = "") -> dict[str, Any]:
-    """Rebuild ``<stem>.json``, ``<stem>.md`` and the figures from the run JSONs under ``out``."""
+def write_reports(out: Path, settings: Settings | None, notes: str = "", dataset: str = "neu") -> dict[str, Any]:
+    """Rebuild ``accuracy_<dataset>.json``, ``.md`` and the figures from the run JSONs under ``out`` (without
+    ``settings``: of the runs with the most common settings)."""
     from benchmarks.accuracy.figures import plot_bars, plot_curves, plot_overlays
 
-    records = load_records(out)
+    bench = settings.benchmark if settings is not None else DATASETS[dataset]
+    name = stem(bench.name)
+    records = load_records(out, name)
     key = settings.key() if settings is not None else _common_settings(records)
     kept = [r for r in records if key is None or r.get("settings") == key]
-    rows = aggregate(kept, key)
-    summary = {"dataset": "NEU-Seg", "classes": list(NEU_CLASSES),
-               "split_file": str(NEU_SPLIT_FILE.relative_to(REPO)),
-               "settings": key, "protocols": PROTOCOL_TEXT, "rows": rows,
-               "all_background": all_background_reference(kept),
+    names = bench.class_names
+    rows = aggregate(kept, names, key)
+    split_file = Path(settings.split_file if settings is not None else bench.split_file)
+    n_calibration = _calibration_count(split_file)
+    summary = {"dataset": bench.title, "classes": list(names), "split_file": _show(split_file),
+               "settings": key, "protocols": protocol_text(len(names), n_calibration), "rows": rows,
+               "all_background": all_background_reference(kept, names, bench.background),
                "runs": [{k: v for k, v in r.items() if k != "curves"} for r in kept],
                "curves": {f"{r['row']}_seed{r['seed']}": r["curves"] for r in kept if r["curves"]}}
     out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / f"{STEM}.json", json.dumps(summary, indent=1))
-    write_text_atomic(out / f"{STEM}.md", markdown(summary, notes))
+    write_text_atomic(out / f"{name}.json", json.dumps(summary, indent=1))
+    write_text_atomic(out / f"{name}.md", markdown(summary, bench, n_calibration, notes))
     try:
-        plot_bars(rows, out / f"{STEM}.png")
-        plot_curves(kept, out / f"{STEM}_curves.png")
-        plot_overlays(out, kept, Path(data_root(None) if settings is None else settings.data_root))
+        plot_bars(rows, out / f"{name}.png", bench.title)
+        plot_curves(kept, out / f"{name}_curves.png")
+        root = Path(settings.data_root) if settings is not None else \
+            bench.mask_folder(data_root(None), default_runs_dir(bench.name) / "cache")
+        plot_overlays(out, name, kept, root, names)
     except Exception as e:  # a figure problem must not lose the tables
         log.warning("figures not drawn: %s", e)
     return summary
+
+
+def _calibration_count(split_file: Path) -> int | str:
+    try:
+        return len(split_ids(split_file, "calibration"))
+    except (OSError, ValueError, ConfigError):
+        return "labelled"  # "... fitted on the labelled calibration images"
+
+
+def _show(path: Path) -> str:
+    """The path relative to the repository when it is inside it (as committed results name it)."""
+    try:
+        return str(path.resolve().relative_to(REPO))
+    except ValueError:
+        return str(path)
 
 
 # -- markdown ---------------------------------------------------------------------------------------------------
@@ -129,35 +160,43 @@ def _ms(stat: dict[str, Any]) -> str:
     return f"{stat['mean']:.3f}" + (f" ± {stat['std']:.3f}" if stat["std"] is not None else "")
 
 
-def markdown(summary: dict[str, Any], notes: str = "") -> str:
-    s = summary["settings"] or {}
-    n_eval = {r.get("eval", {}).get("images") for r in summary["runs"]}
-    lines = ["# Accuracy on NEU-Seg", "",
-             "Generated by `python -m benchmarks.accuracy`. "
-             f"Training budget {s.get('budget_s')} s of training wall-clock per run; evaluation on "
-             f"{', '.join(str(n) for n in sorted(n_eval, key=str))} images of the "
-             f"`{s.get('eval_split', 'eval')}` split (never trained on); the "
-             "`calibration` images (inside `train`) name clusters for protocol (b) and pick `best`. "
-             "Scores are fractions; mean ± std over seeds."
-             + (f" Configurations were chosen looking at a fixed subset of {s['tuning_subset']} eval images "
-                "(seed-0 runs, benchmarks/results/accuracy_neu_tuning.md); the `untouched` tables score only the "
-                "other eval images, which no choice looked at." if s.get("tuning_subset") else ""),
-             ""]
+def markdown(summary: dict[str, Any], bench: BenchmarkDataset, n_calibration: int | str, notes: str = "") -> str:
+    names = bench.class_names
+    lines = [f"# Accuracy on {bench.title}", "", _conditions(summary, bench), ""]
     ref = summary.get("all_background")
     if ref:
         lines += [f"Reference: predicting background everywhere scores pixel accuracy {ref['pixel_accuracy']:.3f}, "
                   f"mIoU {ref['miou']:.3f} and defect IoU 0 on these images (class pixel shares "
-                  + ", ".join(f"{c} {v:.3f}" for c, v in zip(NEU_CLASSES, ref["class_pixel_share"], strict=True))
+                  + ", ".join(f"{c} {v:.3f}" for c, v in zip(names, ref["class_pixel_share"], strict=True))
                   + "): an mIoU near it means the defects were not found; compare defect IoUs.", ""]
     if notes:
         lines += [notes, ""]
     lines += headline_table(summary["rows"])
-    lines += protocol_tables(summary["rows"])
-    lines += curves_markdown(summary["curves"])
+    lines += protocol_tables(summary["rows"], names, summary["protocols"])
+    lines += curves_markdown(summary["curves"], names, n_calibration)
     return "\n".join(lines) + "\n"
 
 
-def protocol_tables(rows: list[dict[str, Any]]) -> list[str]:
+def _conditions(summary: dict[str, Any], bench: BenchmarkDataset) -> str:
+    """The paragraph under the title: budget, what was scored, what tuning looked at, how labels were made."""
+    s = summary["settings"] or {}
+    n_eval = {r.get("eval", {}).get("images") for r in summary["runs"]}
+    text = ("Generated by `python -m benchmarks.accuracy`. "
+            f"Training budget {s.get('budget_s')} s of training wall-clock per run; evaluation on "
+            f"{', '.join(str(n) for n in sorted(n_eval, key=str))} images of the "
+            f"`{s.get('eval_split', 'eval')}` split ({bench.eval_note}); the "
+            "`calibration` images (inside `train`) name clusters for protocol (b) and pick `best`. "
+            "Scores are fractions; mean ± std over seeds.")
+    if s.get("tuning_subset"):
+        text += (f" Configurations were chosen looking at a fixed subset of {s['tuning_subset']} eval images "
+                 f"(seed-0 runs, {bench.tuning_log or 'the tuning log'}); the `untouched` tables score only the "
+                 "other eval images, which no choice looked at.")
+    if bench.labels_note:
+        text += f" {bench.labels_note}"
+    return text
+
+
+def protocol_tables(rows: list[dict[str, Any]], class_names: Sequence[str], texts: dict[str, str]) -> list[str]:
     """One table per (checkpoint, eval subset, protocol): every score of every row, per class."""
     tables = (("final", "all", "Final weights"),
               ("final", "untouched", "Final weights, only the eval images outside the tuning subset"),
@@ -168,14 +207,14 @@ def protocol_tables(rows: list[dict[str, Any]]) -> list[str]:
             sel = [r for r in rows if r["checkpoint"] == which and r["subset"] == subset and r["protocol"] == proto]
             if not sel:
                 continue
-            lines += [f"## {title}: {PROTOCOL_TEXT[proto]}", "",
+            lines += [f"## {title}: {texts[proto]}", "",
                       "| row | seeds | head (k) | train s | pixel acc. | mIoU | defect IoU | "
-                      + " | ".join(f"IoU {c}" for c in NEU_CLASSES) + " |",
-                      "|---|---|---|---|---|---|---|" + "---|" * len(NEU_CLASSES)]
+                      + " | ".join(f"IoU {c}" for c in class_names) + " |",
+                      "|---|---|---|---|---|---|---|" + "---|" * len(class_names)]
             for r in sel:
                 lines.append(f"| {r['row']} | {len(r['seeds'])} | {r['head']} ({r['k']}) | {r['train_seconds']:.0f} | "
                              f"{_ms(r['pixel_accuracy'])} | {_ms(r['miou'])} | {_ms(r['defect_iou'])} | "
-                             + " | ".join(_ms(r[f'iou_{c}']) for c in NEU_CLASSES) + " |")
+                             + " | ".join(_ms(r[f'iou_{c}']) for c in class_names) + " |")
             lines.append("")
     return lines
 
@@ -200,10 +239,11 @@ def headline_table(rows: list[dict[str, Any]], subset: str = "all") -> list[str]
     return [*lines, ""]
 
 
-def curves_markdown(curves: dict[str, list[dict[str, Any]]], max_points: int = 12) -> list[str]:
+def curves_markdown(curves: dict[str, list[dict[str, Any]]], class_names: Sequence[str],
+                    n_calibration: int | str, max_points: int = 12) -> list[str]:
     """Per-row (lowest seed) calibration scores per evaluation: the per-epoch curves of issues 3 and 4."""
-    lines = ["## Training curves: engine evaluations of the 40 calibration images (main head, Hungarian on "
-             "those images; over head many-to-one), lowest seed per row", ""]
+    lines = [f"## Training curves: engine evaluations of the {n_calibration} calibration images (main head, "
+             "Hungarian on those images; over head many-to-one), lowest seed per row", ""]
     seen = set()
     for name in sorted(curves, key=lambda n: (n.rsplit("_seed", 1)[0], int(n.rsplit("_seed", 1)[1]))):
         row = name.rsplit("_seed", 1)[0]
@@ -215,11 +255,11 @@ def curves_markdown(curves: dict[str, list[dict[str, Any]]], max_points: int = 1
             idx = sorted({round(i * (len(points) - 1) / (max_points - 1)) for i in range(max_points)})
             points = [points[i] for i in idx]
         lines += [f"### {name}", "", "| step | epoch | train s | pixel acc. | mIoU | "
-                  + " | ".join(f"IoU {c}" for c in NEU_CLASSES) + " | over mIoU |",
-                  "|---|---|---|---|---|" + "---|" * len(NEU_CLASSES) + "---|"]
+                  + " | ".join(f"IoU {c}" for c in class_names) + " | over mIoU |",
+                  "|---|---|---|---|---|" + "---|" * len(class_names) + "---|"]
         for p in points:
             lines.append(f"| {p['step']} | {p['epoch']} | {p['elapsed_s']:.0f} | {fmt(p['pixel_accuracy'])} | "
-                         f"{fmt(p['miou'])} | " + " | ".join(fmt(p["iou"].get(c)) for c in NEU_CLASSES)
+                         f"{fmt(p['miou'])} | " + " | ".join(fmt(p["iou"].get(c)) for c in class_names)
                          + f" | {fmt(p['over_miou'])} |")
         lines.append("")
     return lines

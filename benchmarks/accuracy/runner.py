@@ -13,6 +13,7 @@ import os
 import platform
 import shutil
 import time
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from benchmarks.accuracy.report import fmt
 from benchmarks.accuracy.rows import BASELINES, row_preset
 from benchmarks.accuracy.scoring import predict_frames, score_method
 from benchmarks.accuracy.settings import Settings
-from benchmarks.datasets import NEU_CLASSES, REPO, neu_root
+from benchmarks.datasets import REPO
 from training import checkpoint as ckpt_io
 from training.config import load_preset
 from training.data import build_dataset
@@ -53,8 +54,8 @@ TRAINED_MARKER = "benchmark_training.json"  # in a run dir: training finished (a
 # -- methods ----------------------------------------------------------------------------------------------------
 def method_config(row: str, seed: int, settings: Settings, overrides: dict[str, Any] | None = None
                   ) -> dict[str, Any]:
-    """The engine config of one run: the row's preset on NEU-Seg train (images only), calibration as data.eval,
-    the budget and the seed. ``overrides``: dotted keys -> values (tuning)."""
+    """The engine config of one run: the row's preset on the dataset's train split (images only), calibration as
+    data.eval, the budget and the seed. ``overrides``: dotted keys -> values (tuning)."""
     config = copy.deepcopy(load_preset(row_preset(row)))
     root = Path(settings.data_root)
     channels = int((config.get("method_config") or {}).get("channels", 1))
@@ -66,7 +67,8 @@ def method_config(row: str, seed: int, settings: Settings, overrides: dict[str, 
         keep = torch.randperm(len(train_ids), generator=torch.Generator().manual_seed(seed))[:n_images]
         spec = {k: v for k, v in config["data"]["train"].items() if k not in ("split", "split_file")}
         config["data"]["train"] = {**spec, "ids": sorted(train_ids[i] for i in keep.tolist())}
-    config["data"]["eval"] = labelled_spec(root, split_ids(settings.split_file, "calibration"), channels)
+    config["data"]["eval"] = labelled_spec(root, split_ids(settings.split_file, "calibration"), channels,
+                                           settings.benchmark.class_names)
     train = config.setdefault("train", {})
     train.update(time_budget_s=float(settings.budget_s), seed=int(seed), num_workers=0, device=settings.device,
                  epochs=max(int(train.get("epochs", 1)), 100_000))  # only the budget stops the run
@@ -123,18 +125,19 @@ def close_epoch(method: Any, config: dict[str, Any], state: dict[str, Any]) -> f
 
 
 def score_checkpoint(run_dir: Path, which: str, config: dict[str, Any], loaders: dict[str, DataLoader],
-                     device: str, frames: DataLoader | None) -> dict[str, Any]:
+                     settings: Settings, frames: DataLoader | None) -> dict[str, Any]:
     """Load ``checkpoints/<which>``, close its epoch if needed, score it on eval (and calibration for mapping)."""
     found = ckpt_io.checkpoint_dir(run_dir, which)
     if found is None:
         raise TrainingError(f"{run_dir}: no checkpoints/{which}")
+    device = settings.device
     method, info = ckpt_io.load_method(found, device=device)
     state = ckpt_io.open_checkpoint(found).state
     torch.manual_seed(int(config["train"]["seed"]) + 7919)  # the epoch-closing pass draws from the global RNG
     extra_s = close_epoch(method, config, state)
     entry = {"checkpoint": which, "step": info.step, "epoch": info.epoch, "mid_epoch_closed_s": round(extra_s, 2),
              "calibration_miou_at_save": (info.metrics.get("eval") or {}).get("miou"),
-             **score_method(method, loaders, device)}
+             **score_method(method, loaders, device, settings.benchmark.class_names, settings.benchmark.background)}
     if frames is not None:
         entry["frames"] = predict_frames(method, frames, entry["heads"], device)
     return entry
@@ -146,14 +149,14 @@ def run_method(row: str, seed: int, settings: Settings, runs_dir: Path, *,
     run_dir = runs_dir / f"{row}_seed{seed}"
     training = train_method(config, run_dir)
     loaders, frames = scoring_loaders(settings, int(config["method_config"].get("channels", 1)))
-    final = score_checkpoint(run_dir, "last", config, loaders, settings.device, frames)
+    final = score_checkpoint(run_dir, "last", config, loaders, settings, frames)
     training["seconds_with_epoch_close"] = round(training["seconds"] + final["mid_epoch_closed_s"], 2)
     best_dir = ckpt_io.checkpoint_dir(run_dir, "best")
     best_step = ckpt_io.open_checkpoint(best_dir).state["step"] if best_dir is not None else None
     if best_step is None or best_step == final["step"]:
         best = {**{k: v for k, v in final.items() if k != "frames"}, "checkpoint": "best", "same_as_final": True}
     else:
-        best = score_checkpoint(run_dir, "best", config, loaders, settings.device, None)
+        best = score_checkpoint(run_dir, "best", config, loaders, settings, None)
     frames_out = {f"{k}": v for k, v in final.pop("frames", {}).items()}
     resolved = _resolved_config(run_dir)
     record = {"row": row, "kind": "method", "method": config["method"], "seed": seed,
@@ -161,7 +164,8 @@ def run_method(row: str, seed: int, settings: Settings, runs_dir: Path, *,
               else str(row_preset(row)),
               "overrides": overrides or {}, "method_config": resolved.get("method_config", {}),
               "train_config": resolved.get("train", {}), "training": training,
-              "checkpoints": {"final": final, "best": best}, "curves": read_curves(run_dir / "metrics.jsonl"),
+              "checkpoints": {"final": final, "best": best},
+              "curves": read_curves(run_dir / "metrics.jsonl", settings.benchmark.class_names),
               "run_dir": str(run_dir)}
     return record, frames_out
 
@@ -173,7 +177,7 @@ def _resolved_config(run_dir: Path) -> dict[str, Any]:
     return load_yaml(path) if path.is_file() else {}
 
 
-def read_curves(path: Path) -> list[dict[str, Any]]:
+def read_curves(path: Path, class_names: Sequence[str]) -> list[dict[str, Any]]:
     """The engine's evaluations of the calibration split: step, epoch, time, mIoU, pixel accuracy, IoUs."""
     if not path.is_file():
         return []
@@ -182,7 +186,7 @@ def read_curves(path: Path) -> list[dict[str, Any]]:
         rec = json.loads(line)
         if rec.get("kind") != "eval":
             continue
-        names = rec.get("class_names") or list(NEU_CLASSES)
+        names = rec.get("class_names") or list(class_names)
         curves.append({"step": rec["step"], "epoch": rec["epoch"], "elapsed_s": rec["elapsed_s"],
                        "miou": rec.get("miou"), "pixel_accuracy": rec.get("pixel_accuracy"),
                        "defect_iou": rec.get("defect_iou"), "iou": dict(zip(names, rec.get("iou") or [], strict=False)),
@@ -205,13 +209,15 @@ def run_baseline(row: str, seed: int, settings: Settings, *, overrides: dict[str
     if settings.baseline_fit_images and len(fit_ids) > settings.baseline_fit_images:  # a seeded sample
         keep = torch.randperm(len(fit_ids), generator=torch.Generator().manual_seed(seed))
         fit_ids = sorted(fit_ids[i] for i in keep[:settings.baseline_fit_images].tolist())
-    fit_spec = {"kind": "mask_folder", "root": str(neu_root(root)), "ids": fit_ids, "channels": channels,
+    fit_spec = {"kind": "mask_folder", "root": str(root), "ids": fit_ids, "channels": channels,
                 "masks_dir": None}
     start = time.perf_counter()
     kmeans_loss = method.fit_centroids(image_loader(fit_spec))
     seconds = time.perf_counter() - start
     loaders, frames = scoring_loaders(settings, channels)
-    final = {"checkpoint": "final", "step": 0, "epoch": 0, **score_method(method, loaders, settings.device)}
+    scores = score_method(method, loaders, settings.device, settings.benchmark.class_names,
+                          settings.benchmark.background)
+    final = {"checkpoint": "final", "step": 0, "epoch": 0, **scores}
     frames_out = predict_frames(method, frames, final["heads"], settings.device)
     record = {"row": row, "kind": "baseline", "method": preset["method"], "seed": seed,
               "preset": str(row_preset(row).relative_to(REPO)), "overrides": overrides or {},
@@ -227,7 +233,7 @@ def run_baseline(row: str, seed: int, settings: Settings, *, overrides: dict[str
 def run_one(row: str, seed: int, settings: Settings, *, out: Path, runs_dir: Path,
             overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run and score one (row, seed) unless its JSON exists with the same settings; returns its record."""
-    json_path, frames_path = run_paths(out, row, seed)
+    json_path, frames_path = run_paths(out, settings.stem, row, seed)
     if json_path.is_file():
         record = json.loads(json_path.read_text(encoding="utf-8"))
         if record.get("settings") == settings.key() and record.get("overrides", {}) == (overrides or {}):
@@ -247,7 +253,8 @@ def run_one(row: str, seed: int, settings: Settings, *, out: Path, runs_dir: Pat
                   wall_s=round(time.perf_counter() - wall, 1), host=host_info(),
                   finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     frames_path.parent.mkdir(parents=True, exist_ok=True)
-    write_npz(frames_path, ids=np.array(overlay_ids(Path(settings.data_root), ids)), **frames)
+    frame_ids = overlay_ids(Path(settings.data_root), ids, len(settings.benchmark.class_names))
+    write_npz(frames_path, ids=np.array(frame_ids), **frames)
     write_text_atomic(json_path, json.dumps(record, indent=1))
     log.info("%s seed %d: %s", row, seed, _brief(record))
     return record

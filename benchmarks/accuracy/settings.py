@@ -7,10 +7,19 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.accuracy.rows import DEFAULT_TRAIN_IMAGES
-from benchmarks.datasets import NEU_SPLIT_FILE, REPO
+from benchmarks.datasets import DATASETS, NEU_SPLIT_FILE, REPO, BenchmarkDataset
 
 RESULTS = REPO / "benchmarks" / "results"
-STEM = "accuracy_neu"
+
+
+def stem(dataset: str) -> str:
+    """The name of every output of one dataset: ``accuracy_<dataset>.json`` / ``.md`` / ``.png``, ``..._runs/``."""
+    return f"accuracy_{dataset}"
+
+
+def default_runs_dir(dataset: str) -> Path:
+    """Run directories (checkpoints; not committed) and the converted-dataset cache (``cache/``)."""
+    return REPO / "runs" / stem(dataset)
 
 
 @dataclass(frozen=True)
@@ -19,7 +28,8 @@ class Settings:
 
     budget_s: float
     eval_limit: int | None
-    data_root: str
+    data_root: str  # the mask folder read (images/, masks/): NEU-Seg's, or the converted CrackForest
+    dataset: str = "neu"  # a key of benchmarks.datasets.DATASETS
     device: str = "cpu"
     threads: int = 1
     baseline_fit_images: int = 1000
@@ -28,8 +38,17 @@ class Settings:
     tuning_subset: int | None = 200  # the eval subset tuning looked at; the rest is scored apart as "untouched"
     train_images: tuple[tuple[str, int], ...] = tuple(DEFAULT_TRAIN_IMAGES.items())  # (row, N): train subsets
 
+    @property
+    def benchmark(self) -> BenchmarkDataset:
+        return DATASETS[self.dataset]
+
+    @property
+    def stem(self) -> str:
+        return stem(self.dataset)
+
     def key(self) -> dict[str, Any]:
-        """The fields a resumed run must match (threads and device only change the speed)."""
+        """The fields a resumed run must match (threads and device only change the speed; the dataset is in the
+        file names and the split file)."""
         return {"budget_s": self.budget_s, "eval_limit": self.eval_limit,
                 "baseline_fit_images": self.baseline_fit_images, "split_file": Path(self.split_file).name,
                 "eval_split": self.eval_split, "tuning_subset": self.tuning_subset,

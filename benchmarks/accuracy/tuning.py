@@ -1,4 +1,5 @@
-"""The tuning log: one markdown row per run of several ``--out`` folders (benchmarks/results/accuracy_neu_tuning.md)."""
+"""The tuning log (NEU-Seg): one markdown row per run of several ``--out`` folders
+(benchmarks/results/accuracy_neu_tuning.md)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any
 
 from benchmarks.accuracy.records import load_records
 from benchmarks.accuracy.report import fmt
+from benchmarks.accuracy.settings import stem
 from benchmarks.datasets import NEU_CLASSES
 
 
@@ -17,7 +19,7 @@ def tuning_table(folders: Sequence[Path]) -> str:
             "(b) mIoU | (b) defect IoU | (b) IoU bg/inc/pat/scr | (c) mIoU | (c) defect IoU | (c) IoU bg/inc/pat/scr |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for folder in folders:
-        for rec in load_records(Path(folder)):
+        for rec in load_records(Path(folder), stem("neu")):
             p = rec["checkpoints"]["final"]["protocols"]
             a, b, c = p.get("a"), p["b"], p.get("c")
             changes = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in rec.get("overrides", {}).items()) or "preset"

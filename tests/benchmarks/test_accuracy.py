@@ -53,7 +53,7 @@ def test_protocols_pick_hungarian_main_and_calibrated_over_head():
     over[0, 0], over[1, 0], over[2, 1], over[3, 2], over[4, 3], over[5, 0] = 400, 400, 30, 50, 20, 1
     calib_over = over.copy()
     calib_over[5] = [0, 9, 0, 0]  # calibration maps cluster 5 to inclusion: a wrong name on eval
-    heads = scoring.score_heads({"main": main, "over": over}, {"main": main, "over": calib_over})
+    heads = scoring.score_heads({"main": main, "over": over}, {"main": main, "over": calib_over}, NEU_CLASSES)
     protos = scoring.protocols(heads)
     assert protos["a"]["head"] == "main" and protos["a"]["miou"] == pytest.approx(1.0)
     assert heads["main"]["same_images"]["mapping"] == [1, 2, 3, 0]
@@ -65,7 +65,8 @@ def test_protocols_pick_hungarian_main_and_calibrated_over_head():
 
 
 def test_main_head_without_k4_has_no_protocol_a():
-    heads = scoring.score_heads({"main": np.eye(6, 4, dtype=np.int64) * 10}, {"main": np.eye(6, 4, dtype=np.int64)})
+    heads = scoring.score_heads({"main": np.eye(6, 4, dtype=np.int64) * 10}, {"main": np.eye(6, 4, dtype=np.int64)},
+                                NEU_CLASSES)
     protos = scoring.protocols(heads)
     assert protos["a"] is None and protos["b"]["head"] == "main" and protos["b"]["k"] == 6
 
@@ -84,7 +85,7 @@ def test_one_budgeted_run_writes_the_schema_and_a_rerun_skips(sample_dir, tmp_pa
     settings = sample_settings(sample_dir, budget_s=2.0)
     out, runs = tmp_path / "out", tmp_path / "runs"
     record = runner.run_one("iic", 0, settings, out=out, runs_dir=runs)
-    json_path, frames_path = records.run_paths(out, "iic", 0)
+    json_path, frames_path = records.run_paths(out, "accuracy_neu", "iic", 0)
     assert json.loads(json_path.read_text()) == json.loads(json.dumps(record))
     assert record["settings"] == settings.key() and record["training"]["steps"] >= 1
     assert 2.0 <= record["training"]["seconds"] < 60
