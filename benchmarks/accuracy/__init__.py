@@ -1,4 +1,4 @@
-"""Accuracy of every method and baseline on a dataset: train without labels under a budget, then score.
+"""Accuracy of every method and baseline on a dataset: train without labels for a fixed number of steps, then score.
 
 For each row (a method preset ``training/presets/<row>_neu.yaml``, or a baseline: ``kmeans``, ``random_cnn``) and
 each seed, on ``--dataset`` (``benchmarks/datasets.py``):
@@ -11,15 +11,18 @@ each seed, on ``--dataset`` (``benchmarks/datasets.py``):
   calibration, the other 112 labelled frames scored. The NEU-Seg presets run unchanged and nothing was tuned on it
   (no tuning subset); with 2 classes a 4-cluster main head has no protocol (a).
 
-* Training: the engine (``training.engine.fit``) on the 3223 ``train`` images, labels unused, until
-  ``--budget-s`` seconds of training wall-clock are spent (``train.time_budget_s``; evaluation and checkpoint
-  writing do not count). The engine evaluates the 40-image labelled ``calibration`` split (inside ``train``)
-  every epoch and every ``train.eval_every_steps`` steps: those are the per-epoch curves, and its best main-head
-  mIoU picks the ``best`` checkpoint. The ``eval`` split is never trained on and no run's choice (checkpoint,
-  mapping) looks at it. The presets were tuned looking at a fixed subset of it (``--tuning-subset``, 200 images;
-  benchmarks/results/accuracy_neu_tuning.md), so every score is also given for the other eval images alone
-  (``untouched``). Baselines fit their k-means once on ``--baseline-fit-images`` train images (their fit time is
-  their training time).
+* Training: the engine (``training.engine.fit``) on the 3223 ``train`` images, labels unused, for the row's step
+  budget (``ROW_STEPS`` in ``rows.py``, about 600 s on a quiet 2-core machine here; ``--budget-steps``;
+  ``train.max_steps``): the same work on any machine, so the scores do not depend on its load. ``--cap-s`` (default
+  1800 s of training wall-clock, ``train.time_budget_s``; evaluation and checkpoint writing do not count) is only a
+  safety cap: a run it stops has ``training.cap_hit`` true in its JSON and is counted in the tables' ``cap hit``
+  column. Every run records its steps, training seconds and images seen. The engine evaluates the 40-image labelled
+  ``calibration`` split (inside ``train``) every epoch and every ``train.eval_every_steps`` steps: those are the
+  per-epoch curves, and its best main-head mIoU picks the ``best`` checkpoint. The ``eval`` split is never trained
+  on and no run's choice (checkpoint, mapping) looks at it. The presets were tuned looking at a fixed subset of it
+  (``--tuning-subset``, 200 images; benchmarks/results/accuracy_neu_tuning.md), so every score is also given for the
+  other eval images alone (``untouched``). Baselines fit their k-means once on ``--baseline-fit-images`` train
+  images (their fit time is their training time).
 * Scoring (``scoring.py``), of the ``final`` weights and of the ``best``-by-calibration checkpoint, on the ``eval``
   split (800 images, or the fixed subset ``--eval-limit``: a seed-0 permutation of the sorted eval ids, the subset
   ``benchmarks/baselines.py`` uses), under protocols (a) Hungarian on the eval images, (b) mapping fitted on the
@@ -48,12 +51,15 @@ resumes).
 From the repository root (``python benchmarks/accuracy ...`` runs the same)::
 
     .venv/bin/python -m benchmarks.accuracy --methods iic picie infoseg ac kmeans random_cnn --seeds 0 1 2 \\
-        --budget-s 600 --threads 1
-    .venv/bin/python -m benchmarks.accuracy --methods iic kmeans --seeds 0 --budget-s 20 \\
+        --threads 1
+    .venv/bin/python -m benchmarks.accuracy --methods iic kmeans --seeds 0 --budget-steps 20 \\
         --data-root samples/neu-seg --split-file samples/neu-seg/splits.json --eval-split holdout \\
         --out /tmp/acc --runs-dir /tmp/acc/runs                         # smoke run on the bundled sample
-    .venv/bin/python -m benchmarks.accuracy --dataset crackforest --methods iic kmeans --seeds 0 1 2 --budget-s 600
+    .venv/bin/python -m benchmarks.accuracy --dataset crackforest --methods iic kmeans --seeds 0 1 2
     .venv/bin/python -m benchmarks.accuracy --report-only          # rebuild tables and figures from the JSONs
+
+The wall-clock budget of the runs before the step budgets (``--budget-s S``, as in the tuning log) is
+``--budget-steps 0 --cap-s S``; their run JSONs (``settings.budget_s``) are not mixed with step-budget runs.
 """
 
 from __future__ import annotations

@@ -40,17 +40,14 @@ def score_keys(class_names: Sequence[str]) -> tuple[str, ...]:
 
 
 # -- aggregation ------------------------------------------------------------------------------------------------
-def aggregate(records: Iterable[dict[str, Any]], class_names: Sequence[str],
-              settings_key: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Mean / std over seeds per (row, checkpoint, eval subset, protocol); runs with other settings are left out.
-    Subsets: ``all`` (every eval image scored) and ``untouched`` (those outside the tuning subset)."""
+def aggregate(records: Iterable[dict[str, Any]], class_names: Sequence[str]) -> list[dict[str, Any]]:
+    """Mean / std over seeds per (row, checkpoint, eval subset, protocol), with each row's work (mean steps,
+    seconds and images seen; how many runs the wall-clock cap stopped). Subsets: ``all`` (every eval image scored)
+    and ``untouched`` (those outside the tuning subset)."""
     groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
-    seconds: dict[str, list[float]] = {}
+    work: dict[str, list[dict[str, Any]]] = {}
     for rec in records:
-        if settings_key is not None and rec.get("settings") != settings_key:
-            continue
-        seconds.setdefault(rec["row"], []).append(rec["training"].get("seconds_with_epoch_close",
-                                                                      rec["training"]["seconds"]))
+        work.setdefault(rec["row"], []).append(rec["training"])
         for which, entry in rec["checkpoints"].items():
             subsets = {"all": entry["protocols"], "untouched": (entry.get("untouched") or {}).get("protocols", {})}
             for subset, protos in subsets.items():
@@ -67,8 +64,19 @@ def aggregate(records: Iterable[dict[str, Any]], class_names: Sequence[str],
                           "std": statistics.stdev(values) if len(values) > 1 else None, "n": len(values)}
         rows.append({"row": row, "checkpoint": which, "subset": subset, "protocol": name, "head": protos[0]["head"],
                      "k": protos[0]["k"], "mapping": protos[0]["mapping"], "seeds": sorted(p["seed"] for p in protos),
-                     "train_seconds": statistics.fmean(seconds[row]), **stats})
+                     **row_work(work[row]), **stats})
     return rows
+
+
+def row_work(trainings: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means over a row's runs of training seconds (with a mid-epoch close), steps and images seen; cap hits."""
+    def mean(key: str) -> float | None:
+        values = [t[key] for t in trainings if t.get(key) is not None]
+        return statistics.fmean(values) if values else None
+
+    return {"train_seconds": statistics.fmean(t.get("seconds_with_epoch_close", t["seconds"]) for t in trainings),
+            "steps": mean("steps"), "images_seen": mean("images_seen"), "runs": len(trainings),
+            "cap_hits": sum(bool(t.get("cap_hit")) for t in trainings)}
 
 
 def _score(proto: dict[str, Any], key: str) -> float | None:
@@ -92,12 +100,38 @@ def all_background_reference(records: list[dict[str, Any]], class_names: Sequenc
     return None
 
 
-def _common_settings(records: list[dict[str, Any]]) -> dict[str, Any] | None:
-    keys = [json.dumps(r.get("settings"), sort_keys=True) for r in records]
+ROW_FIELDS = ("budget_steps",)  # the per-row fields of a run's settings key
+
+
+def shared_settings(key: dict[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (key or {}).items() if k not in ROW_FIELDS}
+
+
+def select_runs(records: list[dict[str, Any]], settings: Settings | None) -> list[dict[str, Any]]:
+    """The runs with ``settings`` (each row its own step budget); without settings, the runs that share the most
+    common settings."""
+    if settings is not None:
+        return [r for r in records if _matches(r, settings)]
+    keys = [json.dumps(shared_settings(r.get("settings")), sort_keys=True) for r in records]
     if not keys:
+        return []
+    common = json.loads(max(set(keys), key=keys.count))
+    return [r for r in records if shared_settings(r.get("settings")) == common]
+
+
+def _matches(record: dict[str, Any], settings: Settings) -> bool:
+    try:
+        return record.get("settings") == settings.key(record["row"])
+    except ConfigError:  # a row the settings give no step budget
+        return False
+
+
+def settings_summary(runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The settings the runs share, and each method row's step budget."""
+    if not runs:
         return None
-    most = max(set(keys), key=keys.count)
-    return json.loads(most)
+    steps = {r["row"]: r["settings"]["budget_steps"] for r in runs if r["settings"].get("budget_steps") is not None}
+    return {**shared_settings(runs[0]["settings"]), **({"budget_steps": steps} if steps else {})}
 
 
 # -- files ------------------------------------------------------------------------------------------------------
@@ -109,14 +143,17 @@ def write_reports(out: Path, settings: Settings | None, notes: str = "", dataset
     bench = settings.benchmark if settings is not None else DATASETS[dataset]
     name = stem(bench.name)
     records = load_records(out, name)
-    key = settings.key() if settings is not None else _common_settings(records)
-    kept = [r for r in records if key is None or r.get("settings") == key]
+    kept = select_runs(records, settings)
+    if records and not kept:
+        log.warning("none of the %d runs under %s has these settings (runs with other settings, such as the "
+                    "wall-clock budgets before step budgets, are never mixed in): the report is empty", len(records),
+                    out / f"{name}_runs")
     names = bench.class_names
-    rows = aggregate(kept, names, key)
+    rows = aggregate(kept, names)
     split_file = Path(settings.split_file if settings is not None else bench.split_file)
     n_calibration = _calibration_count(split_file)
     summary = {"dataset": bench.title, "classes": list(names), "split_file": _show(split_file),
-               "settings": key, "protocols": protocol_text(len(names), n_calibration), "rows": rows,
+               "settings": settings_summary(kept), "protocols": protocol_text(len(names), n_calibration), "rows": rows,
                "all_background": all_background_reference(kept, names, bench.background),
                "runs": [{k: v for k, v in r.items() if k != "curves"} for r in kept],
                "curves": {f"{r['row']}_seed{r['seed']}": r["curves"] for r in kept if r["curves"]}}
@@ -180,9 +217,10 @@ def markdown(summary: dict[str, Any], bench: BenchmarkDataset, n_calibration: in
 def _conditions(summary: dict[str, Any], bench: BenchmarkDataset) -> str:
     """The paragraph under the title: budget, what was scored, what tuning looked at, how labels were made."""
     s = summary["settings"] or {}
+    if not summary["runs"]:
+        return "Generated by `python -m benchmarks.accuracy`. No run with these settings yet."
     n_eval = {r.get("eval", {}).get("images") for r in summary["runs"]}
-    text = ("Generated by `python -m benchmarks.accuracy`. "
-            f"Training budget {s.get('budget_s')} s of training wall-clock per run; evaluation on "
+    text = ("Generated by `python -m benchmarks.accuracy`. " + _budget_text(s) + " Evaluation on "
             f"{', '.join(str(n) for n in sorted(n_eval, key=str))} images of the "
             f"`{s.get('eval_split', 'eval')}` split ({bench.eval_note}); the "
             "`calibration` images (inside `train`) name clusters for protocol (b) and pick `best`. "
@@ -194,6 +232,19 @@ def _conditions(summary: dict[str, Any], bench: BenchmarkDataset) -> str:
     if bench.labels_note:
         text += f" {bench.labels_note}"
     return text
+
+
+def _budget_text(s: dict[str, Any]) -> str:
+    if "budget_s" in s:  # runs from before the step budgets
+        return f"Training budget {s['budget_s']} s of training wall-clock per run."
+    steps = s.get("budget_steps") or {}
+    table = ", ".join(f"{row} {n}" for row, n in steps.items() if n)
+    return ("Training budget: a fixed number of optimiser steps per method row"
+            + (f" ({table})" if table else "") + ", the same on any machine"
+            + (f"; {', '.join(r for r, n in steps.items() if not n)} without one (the cap alone)"
+               if any(not n for n in steps.values()) else "")
+            + f". A wall-clock cap of {s.get('cap_s')} s of training per run is only a safety net: a run it stopped "
+            "did less work than its row's budget and is counted under `cap hit`.")
 
 
 def protocol_tables(rows: list[dict[str, Any]], class_names: Sequence[str], texts: dict[str, str]) -> list[str]:
@@ -212,11 +263,18 @@ def protocol_tables(rows: list[dict[str, Any]], class_names: Sequence[str], text
                       + " | ".join(f"IoU {c}" for c in class_names) + " |",
                       "|---|---|---|---|---|---|---|" + "---|" * len(class_names)]
             for r in sel:
-                lines.append(f"| {r['row']} | {len(r['seeds'])} | {r['head']} ({r['k']}) | {r['train_seconds']:.0f} | "
-                             f"{_ms(r['pixel_accuracy'])} | {_ms(r['miou'])} | {_ms(r['defect_iou'])} | "
+                lines.append(f"| {_row_name(r)} | {len(r['seeds'])} | {r['head']} ({r['k']}) | "
+                             f"{r['train_seconds']:.0f} | {_ms(r['pixel_accuracy'])} | {_ms(r['miou'])} | "
+                             f"{_ms(r['defect_iou'])} | "
                              + " | ".join(_ms(r[f'iou_{c}']) for c in class_names) + " |")
             lines.append("")
     return lines
+
+
+def _row_name(r: dict[str, Any]) -> str:
+    """The row's name, marked when the wall-clock cap stopped any of its runs short of the step budget."""
+    hits = r.get("cap_hits", 0)
+    return f"{r['row']} (cap hit: {hits} of {r['runs']})" if hits else r["row"]
 
 
 def headline_table(rows: list[dict[str, Any]], subset: str = "all") -> list[str]:
@@ -226,17 +284,23 @@ def headline_table(rows: list[dict[str, Any]], subset: str = "all") -> list[str]
     if not names:
         return []
     lines = ["## Headline: final weights, every eval image", "",
-             "| row | seeds | train s | (a) mIoU | (a) defect IoU | (b) mIoU | (b) defect IoU | (c) mIoU | "
-             "(c) defect IoU |", "|---|---|---|---|---|---|---|---|---|"]
+             "| row | seeds | steps | train s | images seen | cap hit | (a) mIoU | (a) defect IoU | (b) mIoU | "
+             "(b) defect IoU | (c) mIoU | (c) defect IoU |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in names:
         cells = []
         for proto in ("a", "b", "c"):
             r = sel.get((name, proto))
             cells += [_ms(r["miou"]), _ms(r["defect_iou"])] if r else ["n/a", "n/a"]
-        any_row = next(r for (n, _), r in sel.items() if n == name)
-        lines.append(f"| {name} | {len(any_row['seeds'])} | {any_row['train_seconds']:.0f} | " + " | ".join(cells)
-                     + " |")
+        w = next(r for (n, _), r in sel.items() if n == name)
+        lines.append(f"| {name} | {len(w['seeds'])} | {_count(w.get('steps'))} | {w['train_seconds']:.0f} | "
+                     f"{_count(w.get('images_seen'))} | {w.get('cap_hits', 0)} of {w.get('runs', len(w['seeds']))} | "
+                     + " | ".join(cells) + " |")
     return [*lines, ""]
+
+
+def _count(x: float | None) -> str:
+    """A mean count over seeds: steps or images (baselines: no steps, their images are the k-means fit set)."""
+    return "-" if not x else f"{x:,.0f}"
 
 
 def curves_markdown(curves: dict[str, list[dict[str, Any]]], class_names: Sequence[str],

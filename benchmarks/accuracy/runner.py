@@ -33,7 +33,7 @@ from benchmarks.accuracy.data import (
 )
 from benchmarks.accuracy.records import run_paths, write_npz
 from benchmarks.accuracy.report import fmt
-from benchmarks.accuracy.rows import BASELINES, row_preset
+from benchmarks.accuracy.rows import is_baseline, row_preset
 from benchmarks.accuracy.scoring import predict_frames, score_method
 from benchmarks.accuracy.settings import Settings
 from benchmarks.datasets import REPO
@@ -55,7 +55,8 @@ TRAINED_MARKER = "benchmark_training.json"  # in a run dir: training finished (a
 def method_config(row: str, seed: int, settings: Settings, overrides: dict[str, Any] | None = None
                   ) -> dict[str, Any]:
     """The engine config of one run: the row's preset on the dataset's train split (images only), calibration as
-    data.eval, the budget and the seed. ``overrides``: dotted keys -> values (tuning)."""
+    data.eval, the step budget (``train.max_steps``), the wall-clock cap (``train.time_budget_s``) and the seed.
+    ``overrides``: dotted keys -> values (tuning)."""
     config = copy.deepcopy(load_preset(row_preset(row)))
     root = Path(settings.data_root)
     channels = int((config.get("method_config") or {}).get("channels", 1))
@@ -70,8 +71,9 @@ def method_config(row: str, seed: int, settings: Settings, overrides: dict[str, 
     config["data"]["eval"] = labelled_spec(root, split_ids(settings.split_file, "calibration"), channels,
                                            settings.benchmark.class_names)
     train = config.setdefault("train", {})
-    train.update(time_budget_s=float(settings.budget_s), seed=int(seed), num_workers=0, device=settings.device,
-                 epochs=max(int(train.get("epochs", 1)), 100_000))  # only the budget stops the run
+    train.update(max_steps=settings.steps(row) or None, time_budget_s=float(settings.cap_s), seed=int(seed),
+                 num_workers=0, device=settings.device,
+                 epochs=max(int(train.get("epochs", 1)), 100_000))  # only the budget (or the cap) stops the run
     for key, value in (overrides or {}).items():
         node = config
         *parents, last = key.split(".")
@@ -91,9 +93,16 @@ def train_method(config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     if not resume and run_dir.exists():
         shutil.rmtree(run_dir)  # stopped before its first checkpoint: start again
     result = fit(config, run_dir, resume=resume)
+    budget = config["train"].get("max_steps")
     summary = {"seconds": round(result.elapsed_s, 2), "steps": result.step, "epochs": result.epoch,
                "stopped": result.stopped, "best_step": result.best_step, "resumed": resume,
-               "images_seen": result.step * int(config["train"].get("batch_size", 16))}
+               "images_seen": result.step * int(config["train"].get("batch_size", 16)),
+               "budget_steps": budget, "cap_s": config["train"].get("time_budget_s"),
+               # the cap stopped a run that had a step budget: fewer steps than the row's contract
+               "cap_hit": bool(budget) and result.stopped == "time_budget"}
+    if summary["cap_hit"]:
+        log.warning("%s: the %.0f s cap stopped training at step %d of %d: this run did less work than its row's "
+                    "budget (marked in the JSON and the tables)", run_dir, summary["cap_s"], result.step, budget)
     write_text_atomic(marker, json.dumps(summary, indent=1))
     return summary
 
@@ -222,7 +231,8 @@ def run_baseline(row: str, seed: int, settings: Settings, *, overrides: dict[str
     record = {"row": row, "kind": "baseline", "method": preset["method"], "seed": seed,
               "preset": str(row_preset(row).relative_to(REPO)), "overrides": overrides or {},
               "method_config": config_to_dict(method.config), "train_config": {},
-              "training": {"seconds": round(seconds, 2), "fit_images": len(fit_ids), "kmeans_loss": kmeans_loss,
+              "training": {"seconds": round(seconds, 2), "steps": 0, "images_seen": len(fit_ids), "cap_hit": False,
+                           "fit_images": len(fit_ids), "kmeans_loss": kmeans_loss,
                            "fit_points": int(getattr(method, "fit_points", 0))},
               "checkpoints": {"final": final, "best": {**final, "checkpoint": "best", "same_as_final": True}},
               "curves": []}
@@ -236,19 +246,19 @@ def run_one(row: str, seed: int, settings: Settings, *, out: Path, runs_dir: Pat
     json_path, frames_path = run_paths(out, settings.stem, row, seed)
     if json_path.is_file():
         record = json.loads(json_path.read_text(encoding="utf-8"))
-        if record.get("settings") == settings.key() and record.get("overrides", {}) == (overrides or {}):
+        if record.get("settings") == settings.key(row) and record.get("overrides", {}) == (overrides or {}):
             log.info("%s seed %d: result exists (%s), skipped", row, seed, json_path)
             return record
         raise ConfigError(f"{json_path} holds a run with other settings ({record.get('settings')}, overrides "
                           f"{record.get('overrides')}); use another --out or delete it")
     torch.set_num_threads(settings.threads)
     wall = time.perf_counter()
-    if row in BASELINES or load_preset(row_preset(row))["method"] in BASELINES:
+    if is_baseline(row):
         record, frames = run_baseline(row, seed, settings, overrides=overrides)
     else:
         record, frames = run_method(row, seed, settings, runs_dir, overrides=overrides)
     ids = sorted(i for part in eval_parts(settings).values() for i in part)
-    record.update(settings=settings.key(), threads=settings.threads, device=settings.device,
+    record.update(settings=settings.key(row), threads=settings.threads, device=settings.device,
                   eval={"split": settings.eval_split, "images": len(ids)},
                   wall_s=round(time.perf_counter() - wall, 1), host=host_info(),
                   finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -273,7 +283,9 @@ def host_info() -> dict[str, Any]:
 
 def _brief(record: dict[str, Any]) -> str:
     p = record["checkpoints"]["final"]["protocols"]
-    parts = [f"train {record['training']['seconds']:.0f} s"]
+    training = record["training"]
+    parts = [f"{training.get('steps', 0)} steps, train {training['seconds']:.0f} s"
+             + (" (CAP HIT)" if training.get("cap_hit") else "")]
     for name in ("a", "b", "c"):
         if p.get(name):
             parts.append(f"({name}) mIoU {fmt(p[name]['miou'])} defect IoU {fmt(p[name]['defect_iou'])}")

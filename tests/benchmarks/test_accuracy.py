@@ -1,4 +1,5 @@
-"""benchmarks/accuracy/: eval subsets, protocol scoring, one budgeted run on the bundled sample, resume-skip."""
+"""benchmarks/accuracy/: eval subsets, protocol scoring, step budgets and the wall-clock cap, one budgeted run on the
+bundled sample, resume-skip."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.accuracy import data, records, report, runner, scoring
+from benchmarks.accuracy import cli, data, records, report, runner, scoring
+from benchmarks.accuracy.rows import ROW_STEPS
 from benchmarks.accuracy.settings import Settings
 from benchmarks.datasets import NEU_CLASSES
+from training.engine import FitResult
 from training.errors import ConfigError
 
 
@@ -23,10 +26,10 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def sample_settings(sample_dir: Path, **kw) -> Settings:
-    return Settings(budget_s=kw.pop("budget_s", 2.0), eval_limit=None, data_root=str(sample_dir),
-                        split_file=str(sample_dir / "splits.json"), eval_split="holdout",
-                        tuning_subset=kw.pop("tuning_subset", 5), baseline_fit_images=8, **kw)
+def sample_settings(sample_dir: Path, steps: int = 3, **kw) -> Settings:
+    return Settings(eval_limit=None, data_root=str(sample_dir), budget_steps=(("iic", steps),),
+                    cap_s=kw.pop("cap_s", 60.0), split_file=str(sample_dir / "splits.json"), eval_split="holdout",
+                    tuning_subset=kw.pop("tuning_subset", 5), baseline_fit_images=8, **kw)
 
 
 def test_eval_subset_is_fixed_sorted_and_nested_in_the_split():
@@ -72,23 +75,29 @@ def test_main_head_without_k4_has_no_protocol_a():
 
 
 def test_method_config_sets_splits_budget_seed_and_overrides(sample_dir):
-    settings = sample_settings(sample_dir, budget_s=7.0)
+    settings = sample_settings(sample_dir, steps=11, cap_s=7.0)
     config = runner.method_config("iic", 3, settings, {"method_config.lamb_B": 0.5})
     assert config["data"]["train"]["split"] == "train" and config["data"]["train"]["masks_dir"] is None
     calibration = json.loads((sample_dir / "splits.json").read_text())["calibration"]
     assert sorted(config["data"]["eval"]["ids"]) == sorted(calibration)
-    assert config["train"]["time_budget_s"] == 7.0 and config["train"]["seed"] == 3
+    assert config["train"]["max_steps"] == 11 and config["train"]["time_budget_s"] == 7.0
+    assert config["train"]["seed"] == 3 and config["train"]["epochs"] >= 100_000  # the step budget stops it
+    unbudgeted = runner.method_config("iic", 3, sample_settings(sample_dir, steps=0, cap_s=7.0))
+    assert unbudgeted["train"]["max_steps"] is None  # 0: the cap alone, the old wall-clock budget
     assert config["method_config"]["lamb_B"] == 0.5
 
 
 def test_one_budgeted_run_writes_the_schema_and_a_rerun_skips(sample_dir, tmp_path, monkeypatch):
-    settings = sample_settings(sample_dir, budget_s=2.0)
+    settings = sample_settings(sample_dir, steps=3)
     out, runs = tmp_path / "out", tmp_path / "runs"
     record = runner.run_one("iic", 0, settings, out=out, runs_dir=runs)
     json_path, frames_path = records.run_paths(out, "accuracy_neu", "iic", 0)
     assert json.loads(json_path.read_text()) == json.loads(json.dumps(record))
-    assert record["settings"] == settings.key() and record["training"]["steps"] >= 1
-    assert 2.0 <= record["training"]["seconds"] < 60
+    assert record["settings"] == settings.key("iic") and record["settings"]["budget_steps"] == 3
+    training = record["training"]
+    assert training["steps"] == 3 and training["stopped"] == "max_steps" and training["cap_hit"] is False
+    assert training["images_seen"] == 3 * record["train_config"]["batch_size"] and 0 < training["seconds"] < 60
+    assert (training["budget_steps"], training["cap_s"]) == (3, 60.0)
     final = record["checkpoints"]["final"]
     for proto in ("a", "b"):
         p = final["protocols"][proto]
@@ -109,14 +118,66 @@ def test_one_budgeted_run_writes_the_schema_and_a_rerun_skips(sample_dir, tmp_pa
     again = runner.run_one("iic", 0, settings, out=out, runs_dir=runs)
     assert again["checkpoints"]["final"]["heads"] == record["checkpoints"]["final"]["heads"]
     with pytest.raises(ConfigError, match="other settings"):
-        runner.run_one("iic", 0, sample_settings(sample_dir, budget_s=3.0), out=out, runs_dir=runs)
+        runner.run_one("iic", 0, sample_settings(sample_dir, steps=4), out=out, runs_dir=runs)
 
     summary = report.write_reports(out, settings)
     assert {(r["row"], r["checkpoint"], r["subset"], r["protocol"]) for r in summary["rows"]} >= {
         ("iic", "final", "all", "a"), ("iic", "final", "all", "b"), ("iic", "final", "untouched", "a")}
+    assert summary["settings"]["budget_steps"] == {"iic": 3} and summary["settings"]["cap_s"] == 60.0
     text = (out / "accuracy_neu.md").read_text()
     assert "| iic | 1 | main (4) |" in text and "### iic_seed0" in text
+    assert f"| iic | 1 | 3 | {training['seconds']:.0f} | 24 | 0 of 1 |" in text and "(iic 3)" in text
     assert (out / "accuracy_neu.png").stat().st_size > 0 and (out / "accuracy_neu_overlays.png").is_file()
+
+
+def test_a_run_the_cap_stops_is_marked(tmp_path, monkeypatch):
+    stopped = {"reason": "time_budget"}
+
+    def fake_fit(config, run_dir, resume=False):
+        return FitResult(run_dir=run_dir, step=7, epoch=0, stopped=stopped["reason"], elapsed_s=9.5)
+
+    monkeypatch.setattr(runner, "fit", fake_fit)
+    config = {"train": {"batch_size": 8, "max_steps": 1850, "time_budget_s": 9.0}}
+    summary = runner.train_method(config, tmp_path / "capped")
+    assert summary["cap_hit"] is True and (summary["steps"], summary["images_seen"]) == (7, 56)
+    stopped["reason"] = "max_steps"
+    assert runner.train_method(config, tmp_path / "done")["cap_hit"] is False
+    stopped["reason"] = "time_budget"  # no step budget: the cap is the budget, not a failure to finish
+    assert runner.train_method({"train": {**config["train"], "max_steps": None}}, tmp_path / "wall")["cap_hit"] is False
+
+    runs = [{"row": "iic", "seed": s, "training": {"seconds": 9.5, "steps": n, "images_seen": 8 * n, "cap_hit": hit},
+             "checkpoints": {"final": {"protocols": {"b": {"head": "over", "k": 20, "mapping": "m", "miou": 0.3,
+                                                           "defect_iou": 0.1, "pixel_accuracy": 0.9,
+                                                           "iou": dict.fromkeys(NEU_CLASSES, 0.2)}}}}}
+            for s, n, hit in ((0, 7, True), (1, 1850, False))]
+    rows = report.aggregate(runs, NEU_CLASSES)
+    assert rows[0]["cap_hits"] == 1 and rows[0]["runs"] == 2 and rows[0]["steps"] == pytest.approx(928.5)
+    assert "| iic | 2 | 928 | 10 | 7,428 | 1 of 2 |" in "\n".join(report.headline_table(rows))
+    assert "| iic (cap hit: 1 of 2) | 2 | over (20) |" in "\n".join(report.protocol_tables(rows, NEU_CLASSES, {"b": ""}))
+
+
+def test_each_row_has_its_own_step_budget_in_its_settings_key(sample_dir):
+    settings = Settings(eval_limit=None, data_root=str(sample_dir))
+    assert settings.key("iic")["budget_steps"] == ROW_STEPS["iic"] == 1850
+    assert settings.key("kmeans")["budget_steps"] is None  # a baseline fits once
+    resized = Settings(eval_limit=None, data_root=str(sample_dir), budget_steps=(*ROW_STEPS.items(), ("iic", 5)))
+    assert resized.key("iic") != settings.key("iic") and resized.key("picie") == settings.key("picie")
+    with pytest.raises(ConfigError, match=r"no step budget.*ROW_STEPS"):
+        Settings(eval_limit=None, data_root=str(sample_dir), budget_steps=()).key("iic")
+    old = {"row": "iic", "settings": {"budget_s": 600.0, **{k: v for k, v in settings.key("iic").items()
+                                                             if k not in ("budget_steps", "cap_s")}}}
+    assert report.select_runs([old], settings) == []  # wall-clock runs are not mixed with step-budget runs
+
+
+def test_budget_steps_flag():
+    assert dict(cli.budget_steps(None, ["iic"])) == ROW_STEPS
+    assert dict(cli.budget_steps(["iic=7"], ["iic", "ac"])) == {**ROW_STEPS, "iic": 7}
+    assert set(dict(cli.budget_steps(["5"], ["new_row"])).values()) == {5}
+    assert dict(cli.budget_steps(["5"], ["new_row"]))["new_row"] == 5
+    with pytest.raises(ConfigError, match="N or ROW=N"):
+        cli.budget_steps(["iic=many"], ["iic"])
+    with pytest.raises(SystemExit):  # not read as --budget-steps 600 (an abbreviation)
+        cli.parser().parse_args(["--budget-s", "600"])
 
 
 def test_eval_subset_is_the_subset_the_baselines_benchmark_scores():

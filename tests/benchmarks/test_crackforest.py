@@ -108,7 +108,7 @@ def test_a_baseline_row_on_crackforest_scores_two_classes(tmp_path):
     split_file = tmp_path / "split.json"
     split_file.write_text(json.dumps(crackforest.make_split(crackforest.image_ids(source),
                                                             crackforest.labelled_ids(source), fraction=0.25)))
-    settings = Settings(budget_s=1.0, eval_limit=None, data_root=str(folder), dataset="crackforest",
+    settings = Settings(eval_limit=None, data_root=str(folder), dataset="crackforest",
                         split_file=str(split_file), tuning_subset=None, baseline_fit_images=4)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
