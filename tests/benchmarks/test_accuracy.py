@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -14,6 +15,7 @@ from benchmarks.accuracy import cli, data, records, report, runner, scoring
 from benchmarks.accuracy.rows import ROW_STEPS
 from benchmarks.accuracy.settings import Settings
 from benchmarks.datasets import NEU_CLASSES
+from tests.conftest import SAMPLE_DIR
 from training.engine import FitResult
 from training.errors import ConfigError
 
@@ -30,6 +32,27 @@ def sample_settings(sample_dir: Path, steps: int = 3, **kw) -> Settings:
     return Settings(eval_limit=None, data_root=str(sample_dir), budget_steps=(("iic", steps),),
                     cap_s=kw.pop("cap_s", 60.0), split_file=str(sample_dir / "splits.json"), eval_split="holdout",
                     tuning_subset=kw.pop("tuning_subset", 5), baseline_fit_images=8, **kw)
+
+
+@pytest.fixture(scope="module")
+def tiny_sample(tmp_path_factory):
+    """The bundled sample made small for a fast whole run: 16 train frames (2 of them calibration) and 3 holdout
+    frames, every frame and mask resized to 64x64 (IIC's crop)."""
+    root = tmp_path_factory.mktemp("tiny_sample")
+    splits = json.loads((SAMPLE_DIR / "splits.json").read_text())
+    calibration = splits["calibration"][:2]
+    train = calibration + [i for i in splits["train"] if i not in calibration][:14]
+    holdout = splits["holdout"][:3]
+    (root / "images").mkdir()
+    (root / "masks").mkdir()
+    for image_id in train + holdout:
+        image = cv2.imread(str(SAMPLE_DIR / "images" / f"{image_id}.jpg"), cv2.IMREAD_GRAYSCALE)
+        mask = cv2.imread(str(SAMPLE_DIR / "masks" / f"{image_id}.png"), cv2.IMREAD_UNCHANGED)
+        cv2.imwrite(str(root / "images" / f"{image_id}.jpg"), cv2.resize(image, (64, 64), interpolation=cv2.INTER_AREA))
+        cv2.imwrite(str(root / "masks" / f"{image_id}.png"), cv2.resize(mask, (64, 64),
+                                                                                interpolation=cv2.INTER_NEAREST))
+    (root / "splits.json").write_text(json.dumps({"train": train, "calibration": calibration, "holdout": holdout}))
+    return root
 
 
 def test_eval_subset_is_fixed_sorted_and_nested_in_the_split():
@@ -87,26 +110,26 @@ def test_method_config_sets_splits_budget_seed_and_overrides(sample_dir):
     assert config["method_config"]["lamb_B"] == 0.5
 
 
-def test_one_budgeted_run_writes_the_schema_and_a_rerun_skips(sample_dir, tmp_path, monkeypatch):
-    settings = sample_settings(sample_dir, steps=3)
+def test_one_budgeted_run_writes_the_schema_and_a_rerun_skips(tiny_sample, tmp_path, monkeypatch):
+    settings = sample_settings(tiny_sample, steps=2, tuning_subset=2)
     out, runs = tmp_path / "out", tmp_path / "runs"
     record = runner.run_one("iic", 0, settings, out=out, runs_dir=runs)
     json_path, frames_path = records.run_paths(out, "accuracy_neu", "iic", 0)
     assert json.loads(json_path.read_text()) == json.loads(json.dumps(record))
-    assert record["settings"] == settings.key("iic") and record["settings"]["budget_steps"] == 3
+    assert record["settings"] == settings.key("iic") and record["settings"]["budget_steps"] == 2
     training = record["training"]
-    assert training["steps"] == 3 and training["stopped"] == "max_steps" and training["cap_hit"] is False
-    assert training["images_seen"] == 3 * record["train_config"]["batch_size"] and 0 < training["seconds"] < 60
-    assert (training["budget_steps"], training["cap_s"]) == (3, 60.0)
+    assert training["steps"] == 2 and training["stopped"] == "max_steps" and training["cap_hit"] is False
+    assert training["images_seen"] == 2 * record["train_config"]["batch_size"] and 0 < training["seconds"] < 60
+    assert (training["budget_steps"], training["cap_s"]) == (2, 60.0)
     final = record["checkpoints"]["final"]
     for proto in ("a", "b"):
         p = final["protocols"][proto]
         assert 0.0 <= p["miou"] <= 1.0 and set(p["iou"]) == set(NEU_CLASSES)
     assert final["protocols"]["b"]["head"] == "over"
-    assert final["untouched"]["images"] == record["eval"]["images"] - 5
+    assert final["untouched"]["images"] == record["eval"]["images"] - 2 == 1
     assert record["curves"] and record["curves"][-1]["step"] == record["training"]["steps"]
     with np.load(frames_path) as frames:
-        assert frames["b"].shape[0] == len(frames["ids"]) and frames["b"].shape[1:] == (200, 200)
+        assert frames["b"].shape[0] == len(frames["ids"]) > 0 and frames["b"].shape[1:] == (64, 64)
         assert frames["b"].max() < len(NEU_CLASSES)
 
     def no_training(*args, **kwargs):
@@ -118,15 +141,15 @@ def test_one_budgeted_run_writes_the_schema_and_a_rerun_skips(sample_dir, tmp_pa
     again = runner.run_one("iic", 0, settings, out=out, runs_dir=runs)
     assert again["checkpoints"]["final"]["heads"] == record["checkpoints"]["final"]["heads"]
     with pytest.raises(ConfigError, match="other settings"):
-        runner.run_one("iic", 0, sample_settings(sample_dir, steps=4), out=out, runs_dir=runs)
+        runner.run_one("iic", 0, sample_settings(tiny_sample, steps=3, tuning_subset=2), out=out, runs_dir=runs)
 
     summary = report.write_reports(out, settings)
     assert {(r["row"], r["checkpoint"], r["subset"], r["protocol"]) for r in summary["rows"]} >= {
         ("iic", "final", "all", "a"), ("iic", "final", "all", "b"), ("iic", "final", "untouched", "a")}
-    assert summary["settings"]["budget_steps"] == {"iic": 3} and summary["settings"]["cap_s"] == 60.0
+    assert summary["settings"]["budget_steps"] == {"iic": 2} and summary["settings"]["cap_s"] == 60.0
     text = (out / "accuracy_neu.md").read_text()
     assert "| iic | 1 | main (4) |" in text and "### iic_seed0" in text
-    assert f"| iic | 1 | 3 | {training['seconds']:.0f} | 24 | 0 of 1 |" in text and "(iic 3)" in text
+    assert f"| iic | 1 | 2 | {training['seconds']:.0f} | 16 | 0 of 1 |" in text and "(iic 2)" in text
     assert (out / "accuracy_neu.png").stat().st_size > 0 and (out / "accuracy_neu_overlays.png").is_file()
 
 
@@ -153,7 +176,8 @@ def test_a_run_the_cap_stops_is_marked(tmp_path, monkeypatch):
     rows = report.aggregate(runs, NEU_CLASSES)
     assert rows[0]["cap_hits"] == 1 and rows[0]["runs"] == 2 and rows[0]["steps"] == pytest.approx(928.5)
     assert "| iic | 2 | 928 | 10 | 7,428 | 1 of 2 |" in "\n".join(report.headline_table(rows))
-    assert "| iic (cap hit: 1 of 2) | 2 | over (20) |" in "\n".join(report.protocol_tables(rows, NEU_CLASSES, {"b": ""}))
+    tables = "\n".join(report.protocol_tables(rows, NEU_CLASSES, {"b": ""}))
+    assert "| iic (cap hit: 1 of 2) | 2 | over (20) |" in tables
 
 
 def test_each_row_has_its_own_step_budget_in_its_settings_key(sample_dir):
