@@ -28,7 +28,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import statistics
 import sys
 from collections.abc import Iterable, Sequence
@@ -43,6 +42,7 @@ if str(REPO) not in sys.path:  # a script, not a package: make training importab
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from benchmarks.datasets import NEU_CLASSES, NEU_SPLIT_FILE, data_root  # noqa: E402
 from training.baselines import KINDS, evaluate_baseline, image_loader  # noqa: E402
 from training.data import build_dataset  # noqa: E402
 from training.methods.base import build_method, config_to_dict  # noqa: E402
@@ -52,8 +52,6 @@ from usseg_sdk.metrics import segmentation_scores  # noqa: E402
 
 log = logging.getLogger("benchmarks.baselines")
 
-NEU_CLASSES = ("background", "inclusion", "patches", "scratches")
-SPLIT_FILE = REPO / "benchmarks" / "splits" / "neu_seg.json"
 RESULTS = REPO / "benchmarks" / "results"
 
 
@@ -75,18 +73,12 @@ PROTOCOLS = {
 }
 
 
-def data_root(value: str | None) -> Path:
-    """``--data-root``, else ``$USSEG_DATA``, else ``../shared/data`` (relative to the repository)."""
-    root = value or os.environ.get("USSEG_DATA") or str(REPO.parent / "shared" / "data")
-    return Path(root).expanduser()
-
-
 def neu_seg_spec(root: Path, split: str | None, *, channels: int = 1) -> dict[str, Any]:
     """The mask_folder spec of NEU-Seg (``root`` = the data root holding ``neu-seg``), one split or every image."""
     spec: dict[str, Any] = {"kind": "mask_folder", "root": str(root / "neu-seg"), "channels": channels,
                             "class_names": list(NEU_CLASSES)}
     if split is not None:
-        spec.update(split_file=str(SPLIT_FILE), split=split)
+        spec.update(split_file=str(NEU_SPLIT_FILE), split=split)
     return spec
 
 
@@ -317,7 +309,8 @@ def write_results(records: Sequence[dict[str, Any]], out_dir: Path, *, merge: bo
     json_path, md_path = out_dir / "baselines.json", out_dir / "baselines.md"
     old = json.loads(json_path.read_text())["records"] if merge and json_path.is_file() else []
     records = merge_records(old, records)
-    payload = {"dataset": "NEU-Seg", "classes": list(NEU_CLASSES), "split_file": "benchmarks/splits/neu_seg.json",
+    payload = {"dataset": "NEU-Seg", "classes": list(NEU_CLASSES),
+               "split_file": str(NEU_SPLIT_FILE.relative_to(REPO)),
                "protocols": {p.name: p.description for p in PROTOCOLS.values()}, "records": records}
     out_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(json_path, json.dumps(payload, indent=1) + "\n")

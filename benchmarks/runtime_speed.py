@@ -97,6 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="onnxruntime and torch threads (default: the cores)")
     p.add_argument("--dynamic", action="store_true", help="one dynamic-shape export per precision, not per size")
     p.add_argument("--int8-count", type=int, default=None, help="int8 calibration frames (default 16)")
+    p.add_argument("--exporter", choices=("auto", "dynamo", "torchscript"), default="auto",
+                   help="torch -> ONNX exporter (ExportOptions.exporter); torchscript: a fast smoke run")
     p.add_argument("--gap-ms", type=float, default=5.0,
                    help="untimed pause before each timed call, so one runtime's spinning threads are idle before the "
                         "next runtime starts (default 5)")
@@ -187,7 +189,7 @@ def export_model(model: Model, precision: str, size: tuple[int, int] | None, arg
 
     tag = "dynamic" if size is None else f"{size[0]}x{size[1]}"
     options = ExportOptions(out=folder / f"{model.name}-{precision}-{tag}", precision=precision, dynamic=size is None,
-                            input_size=size, verify=False, int8_count=args.int8_count)
+                            input_size=size, verify=False, int8_count=args.int8_count, exporter=args.exporter)
     start = time.perf_counter()
     out = export_method(model.method, options).out
     print(f"exported {model.name} {precision} {tag} in {time.perf_counter() - start:.1f} s", flush=True)

@@ -1,14 +1,14 @@
-"""Which method should the demo default to? Train each on the sample with the same budget and score every head.
+"""Which method should the demo default to? Train each on the sample as the demo does and score every head.
 
-    .venv/bin/python demo/compare_methods.py --budget 120 --out compare.json
-    .venv/bin/python demo/compare_methods.py --methods iic picie --budget 30 --steps 0
+    .venv/bin/python demo/compare_methods.py --out compare.json
+    .venv/bin/python demo/compare_methods.py --methods iic picie --steps 0 --cap-s 30   # the same 30 s for each
 
 Each method trains exactly as ``make demo`` trains it (``demo.training_run.demo_config``: the method's preset in
-``demo.settings.METHODS``, the sample's ``train`` split without labels, ``--budget`` seconds, ``--steps`` steps;
-0 = the budget alone), one after the other. Every head is scored on the holdout frames with the mapping fitted on
-the calibration frames (Hungarian for K = classes, many-to-one for an over-clustering head), in torch
-(``demo.calibrated_scores``); the per-pixel k-means baseline is scored the same way. Runs go to a temporary
-folder unless ``--runs DIR``.
+``demo.settings.METHODS``, the sample's ``train`` split without labels, ``--steps`` steps (default: the demo's step
+count of the method; 0 = the time cap alone), at most ``--cap-s`` seconds), one after the other. Every head is
+scored on the holdout frames with the mapping fitted on the calibration frames (Hungarian for K = classes,
+many-to-one for an over-clustering head), in torch (``demo.calibrated_scores``); the per-pixel k-means baseline is
+scored the same way. Runs go to a temporary folder unless ``--runs DIR``.
 """
 
 from __future__ import annotations
@@ -26,11 +26,11 @@ if __package__ in (None, ""):
 
 from demo.calibrated_scores import head_scores, kmeans_baseline
 from demo.sample import Sample
-from demo.settings import METHODS, SAMPLE_DIR, DemoSettings
+from demo.settings import DEFAULT_CAP_S, METHODS, SAMPLE_DIR, DemoSettings
 from demo.training_run import demo_config, train
 
 
-def compare(methods: list[str], budget_s: float, steps: int | None, runs: Path, seed: int = 0,
+def compare(methods: list[str], cap_s: float, steps: int | None, runs: Path, seed: int = 0,
             threads: int = 1) -> dict:
     sample = Sample.open(SAMPLE_DIR)
     start = time.monotonic()
@@ -40,7 +40,7 @@ def compare(methods: list[str], budget_s: float, steps: int | None, runs: Path, 
 
     for name in methods:
         settings = DemoSettings.from_env({"DEMO_METHOD": name})
-        settings = replace(settings, budget_s=budget_s, seed=seed,
+        settings = replace(settings, cap_s=cap_s, seed=seed,
                            steps=settings.steps if steps is None else steps or None)
         config = demo_config(settings, sample)
         outcome = train(config, runs / name, threads=threads)
@@ -69,17 +69,17 @@ def _pct(value: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS))
-    p.add_argument("--budget", type=float, default=120.0, help="training seconds per method")
-    p.add_argument("--steps", type=int, help="step cap per method (default: the demo's; 0: the budget alone)")
+    p.add_argument("--steps", type=int, help="steps per method (default: the demo's; 0: the time cap alone)")
+    p.add_argument("--cap-s", type=float, default=DEFAULT_CAP_S, help="training wall-clock cap per method")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (the demo's default: 1)")
     p.add_argument("--runs", type=Path, help="keep the run directories here")
     p.add_argument("--out", type=Path, help="write the table as JSON")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="demo-compare-") as tmp:
-        rows = compare(args.methods, args.budget, args.steps, args.runs or Path(tmp), args.seed, args.threads)
+        rows = compare(args.methods, args.cap_s, args.steps, args.runs or Path(tmp), args.seed, args.threads)
     print("\n".join(format_row(name, row) for name, row in rows.items()))
     if args.out:
         args.out.write_text(json.dumps(rows, indent=1) + "\n")

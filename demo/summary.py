@@ -15,6 +15,8 @@ def render_summary(r: dict[str, Any]) -> str:
     n = r["sample"]
     lines = [RULE, f"usseg demo: {r['method']} on the bundled NEU-Seg sample ({n['train']} unlabelled frames to train "
              f"on, {n['calibration']} labelled to name clusters, {n['holdout']} held back)", RULE]
+    if r["training"].get("cap_hit"):
+        lines += [cap_hit_message(r["training"]), RULE]
     lines += _stages(r)
     lines += ["", *_score_table(r), ""]
     lines += _files(r)
@@ -68,9 +70,15 @@ def _files(r: dict[str, Any]) -> list[str]:
             "  run/                         the training run: config.yaml, metrics.jsonl, curves.png, checkpoints/"]
 
 
+def cap_hit_message(t: dict[str, Any]) -> str:
+    """The loud line of a run the time cap stopped short of its steps."""
+    return (f"!! TIME CAP HIT: training stopped at {t['steps']} of {t['max_steps']} steps after {t['cap_s']:.0f} s "
+            "(DEMO_CAP_S): the scores below will NOT match README's. A very busy or slow machine: raise DEMO_CAP_S.")
+
+
 def _steps(t: dict[str, Any]) -> str:
-    if t["max_steps"] and t["steps"] < t["max_steps"]:
-        return f"{t['steps']} of {t['max_steps']} steps ({t['epochs']} epochs; the time budget came first: a busy CPU)"
+    if t.get("cap_hit"):
+        return f"{t['steps']} of {t['max_steps']} steps ({t['epochs']} epochs; CAP HIT, see above)"
     return f"{t['steps']} steps ({t['epochs']} epochs)"
 
 

@@ -1,9 +1,9 @@
-"""Stage 1: train the method on the sample's ``train`` images, without their masks, for a bounded time.
+"""Stage 1: train the method on the sample's ``train`` images, without their masks, for a fixed number of steps.
 
 The preset's method and engine settings are kept; the demo replaces its data (the sample's ``train`` split as an
 unlabelled ``mask_folder``, no evaluation split: the holdout frames are never looked at during training) and
-bounds the run (``max_steps`` and ``time_budget_s``; ``epochs`` is lifted so that they, not the epoch count, end
-it). With ``max_steps`` reached before the budget, the run is bit-reproducible on a CPU.
+bounds the run: ``max_steps`` (the contract) and ``time_budget_s`` (only a safety cap); ``epochs`` is lifted so
+that they, not the epoch count, end it. A run that reaches its steps is bit-reproducible on a CPU, however busy.
 """
 
 from __future__ import annotations
@@ -33,6 +33,11 @@ class TrainingOutcome:
     train_s: float  # training wall-clock (the engine's count: no checkpoint writing)
     wall_s: float  # the whole stage
 
+    @property
+    def cap_hit(self) -> bool:
+        """The wall-clock cap stopped a run that had a step count: it did less work than the demo promises."""
+        return self.stopped == "time_budget" and bool(self.config["train"].get("max_steps"))
+
 
 def demo_config(settings: DemoSettings, sample: Sample, device: str = "cpu") -> dict[str, Any]:
     """The resolved engine config: the preset with the sample as its data and the demo's bounds."""
@@ -41,7 +46,7 @@ def demo_config(settings: DemoSettings, sample: Sample, device: str = "cpu") -> 
     train_spec = {k: v for k, v in preset_train.items() if k in SHARED_DATA_KEYS}
     train_spec.update(kind="mask_folder", root=str(sample.root), split="train", masks_dir=None)
     raw["data"] = {"train": train_spec, "eval": None}
-    overrides = [f"train.time_budget_s={settings.budget_s}", f"train.max_steps={settings.steps or 'null'}",
+    overrides = [f"train.time_budget_s={settings.cap_s}", f"train.max_steps={settings.steps or 'null'}",
                  f"train.epochs={UNBOUNDED_EPOCHS}", f"train.seed={settings.seed}", f"train.device={device}",
                  "train.num_workers=0"]  # 4-step epochs: DataLoader workers forked per epoch cost more than they save
     return resolve_config(apply_overrides(raw, overrides))
@@ -64,7 +69,7 @@ def train(config: dict[str, Any], run_dir: Path, *, threads: int = 1, progress: 
 
     torch.set_num_threads(threads)
     start = time.monotonic()
-    bar = StepProgress(total=config["train"]["max_steps"], budget_s=config["train"]["time_budget_s"],
+    bar = StepProgress(total=config["train"]["max_steps"], cap_s=config["train"]["time_budget_s"],
                        disable=not progress)
     from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -84,8 +89,8 @@ class StepProgress:
     readable.
     """
 
-    def __init__(self, total: int | None, budget_s: float | None, disable: bool = False):
-        self.total, self.budget_s, self.disable = total, budget_s, disable
+    def __init__(self, total: int | None, cap_s: float | None, disable: bool = False):
+        self.total, self.cap_s, self.disable = total, cap_s, disable
         self.bar: Any = None
         self.loss: float | None = None
         self.epoch = 0
@@ -106,8 +111,8 @@ class StepProgress:
 
     def step(self, values: dict[str, float]) -> None:
         self.loss = values["loss"] if self.loss is None else 0.9 * self.loss + 0.1 * values["loss"]
-        left = "" if self.budget_s is None else f"{max(0.0, self.budget_s - (time.monotonic() - self.start)):.0f}s"
-        self.bar.set_postfix_str(f"epoch {self.epoch}, loss {self.loss:.4f}, budget left {left}", refresh=False)
+        left = "" if self.cap_s is None else f"{max(0.0, self.cap_s - (time.monotonic() - self.start)):.0f}s"
+        self.bar.set_postfix_str(f"epoch {self.epoch}, loss {self.loss:.4f}, time cap in {left}", refresh=False)
         self.bar.update(1)
 
     def epoch_end(self) -> None:

@@ -13,8 +13,9 @@ import pytest
 
 from demo.panels import panel_size
 from demo.run import OUTPUTS, clear_outputs, run_demo
-from demo.settings import DEFAULT_METHOD, METHODS, DemoError, DemoSettings
+from demo.settings import DEFAULT_CAP_S, DEFAULT_METHOD, METHODS, DemoError, DemoSettings
 from demo.summary import render_summary
+from demo.training_run import TrainingOutcome
 from tests.conftest import ROOT, SAMPLE_DIR
 from usseg_sdk import Segmenter
 from usseg_sdk.rle import read_csv, rows_to_label_map
@@ -24,7 +25,7 @@ from usseg_sdk.rle import read_csv, rows_to_label_map
 def tiny_demo(tmp_path_factory):
     """The whole demo with IIC for 3 optimiser steps (the pipeline, not the accuracy, is under test)."""
     out = tmp_path_factory.mktemp("demo_out")
-    settings = DemoSettings.from_env({"DEMO_METHOD": "iic", "DEMO_STEPS": "3", "DEMO_BUDGET_S": "60",
+    settings = DemoSettings.from_env({"DEMO_METHOD": "iic", "DEMO_STEPS": "3", "DEMO_CAP_S": "60",
                                       "DEMO_OUT": str(out)})
     return out, run_demo(settings, progress=False)
 
@@ -40,6 +41,7 @@ def test_demo_writes_every_output(tiny_demo):
     assert sorted(p.stem for p in (out / "calibration" / "images").iterdir()) == \
         sorted(json.loads((SAMPLE_DIR / "splits.json").read_text())["calibration"])
     assert report["training"]["steps"] == 3 and report["training"]["stopped"] == "max_steps"
+    assert report["training"]["cap_hit"] is False and report["training"]["cap_s"] == 60
     assert json.loads((out / "model" / "verify.json").read_text())["passed"] is True
 
 
@@ -129,15 +131,39 @@ def test_a_new_run_removes_only_the_demos_own_outputs(tmp_path):
 
 def test_settings_from_the_environment(tmp_path):
     s = DemoSettings.from_env({})
-    assert s.method == DEFAULT_METHOD and s.preset == METHODS[DEFAULT_METHOD].preset and s.budget_s == 120
-    s = DemoSettings.from_env({"DEMO_METHOD": "PiCIE", "DEMO_PRESET": "my.yaml", "DEMO_BUDGET_S": "30",
+    assert s.method == DEFAULT_METHOD and s.preset == METHODS[DEFAULT_METHOD].preset
+    assert (s.steps, s.cap_s) == (METHODS[DEFAULT_METHOD].steps, DEFAULT_CAP_S) == (280, 900.0)  # README's run
+    s = DemoSettings.from_env({"DEMO_METHOD": "PiCIE", "DEMO_PRESET": "my.yaml", "DEMO_CAP_S": "30",
                                "DEMO_STEPS": "0", "DEMO_OUT": str(tmp_path)})
-    assert (s.method, s.preset, s.budget_s, s.steps, s.out) == ("picie", "my.yaml", 30.0, None, tmp_path)
-    for env, needle in (({"DEMO_METHOD": "sam"}, "iic, ac, infoseg, picie"), ({"DEMO_BUDGET_S": "abc"}, "number"),
-                        ({"DEMO_BUDGET_S": "0"}, "positive"), ({"DEMO_HEAD": "aux"}, "main, over")):
+    assert (s.method, s.preset, s.cap_s, s.steps, s.out) == ("picie", "my.yaml", 30.0, None, tmp_path)
+    for env, needle in (({"DEMO_METHOD": "sam"}, "iic, ac, infoseg, picie"), ({"DEMO_CAP_S": "abc"}, "number"),
+                        ({"DEMO_CAP_S": "0"}, "positive"), ({"DEMO_HEAD": "aux"}, "main, over"),
+                        ({"DEMO_BUDGET_S": "120"}, "DEMO_BUDGET_S is gone.*DEMO_STEPS.*280")):
         with pytest.raises(DemoError, match=needle):
             DemoSettings.from_env(env)
     assert replace(s, seed=3).seed == 3
+
+
+def test_a_run_the_time_cap_stopped_is_loud_and_exits_3(tiny_demo, monkeypatch, capsys):
+    out, report = tiny_demo
+    config = {"train": {"max_steps": 280}}
+    capped = TrainingOutcome(out / "run", config, steps=127, epochs=31, stopped="time_budget", train_s=900, wall_s=910)
+    assert capped.cap_hit and not replace(capped, stopped="max_steps").cap_hit
+    assert not replace(capped, config={"train": {"max_steps": None}}).cap_hit  # DEMO_STEPS=0: the cap is the budget
+    hit = {**report, "training": {**report["training"], "steps": 127, "max_steps": 280, "cap_s": 900.0,
+                                  "cap_hit": True}}
+    text = render_summary(hit)
+    assert "TIME CAP HIT" in text and "127 of 280 steps" in text and "NOT match README" in text
+    assert len(text.splitlines()) <= 40 and "CAP HIT" not in render_summary(report)
+
+    import demo.run
+
+    monkeypatch.setattr(demo.run, "run_demo", lambda settings: hit)
+    monkeypatch.setenv("DEMO_OUT", str(out))
+    assert demo.run.main() == 3
+    assert "TIME CAP HIT" in capsys.readouterr().err
+    monkeypatch.setattr(demo.run, "run_demo", lambda settings: report)
+    assert demo.run.main() == 0
 
 
 @pytest.mark.parametrize(("env", "needle"), [({"DEMO_METHOD": "nope"}, "DEMO_METHOD='nope'"),
@@ -153,8 +179,8 @@ def test_bad_settings_exit_2_with_a_clear_message(tmp_path, env, needle):
 
 @pytest.mark.slow
 def test_full_demo_beats_the_kmeans_baseline(tmp_path):
-    """The default demo, all its steps (a generous budget): above the k-means baseline on mIoU and defect IoU."""
-    settings = replace(DemoSettings.from_env({}), out=tmp_path, budget_s=900.0)
+    """The default demo, all its steps (the default cap): above the k-means baseline on mIoU and defect IoU."""
+    settings = replace(DemoSettings.from_env({}), out=tmp_path)
     report = run_demo(settings, progress=False)
     assert report["training"]["steps"] == settings.steps
     for key in ("miou", "defect_iou"):

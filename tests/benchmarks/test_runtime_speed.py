@@ -55,7 +55,33 @@ def test_targets_judge_overhead_only_at_the_line_size(runtime_speed):
     assert [i["met"] for i in t["speedup"]] == [True, True, False]
 
 
+def test_small_run_writes_the_report(runtime_speed, tmp_path):
+    """One model, one precision, one size, the fast TorchScript exporter: the report's schema from a single export
+    (the default run's check; the slow test below runs both models and precisions through the default exporter)."""
+    out = tmp_path / "results"
+    code = runtime_speed.main(["--quick", "--models", "iic", "--precisions", "fp32", "--sizes", "48x48", "--runs", "2",
+                               "--warmup", "0", "--threads", "1", "--memory-model", "iic", "--memory-size", "48x48",
+                               "--memory-runs", "1", "2", "--gap-ms", "0", "--matmul-size", "64",
+                               "--exporter", "torchscript", "--write", "--out", str(out)])
+    assert code == 0
+    result = json.loads((out / "runtime_speed.json").read_text())
+    assert set(result) == {"settings", "machine", "load_start", "load_end", "loaded", "models", "rows", "memory",
+                           "targets"}
+    assert [m["name"] for m in result["models"]] == ["iic"]
+    (row,) = result["rows"]
+    assert (row["model"], row["precision"], row["size"], row["graph_size"]) == ("iic", "fp32", [48, 48], [1, 1, 48, 48])
+    for timing in ("sdk", "bare_ort", "torch"):
+        assert row[timing]["runs"] == 2 and 0 < row[timing]["p50_ms"] <= row[timing]["p99_ms"]
+    assert math.isclose(row["speedup_ort_vs_torch"], row["torch"]["p50_ms"] / row["bare_ort"]["p50_ms"])
+    memory = result["memory"]
+    assert memory["model"] == "iic" and memory["torch_imported"] is False and memory["checkpoints"] == [1, 2]
+    assert set(memory["rss_mb"]) == {"loaded", "1", "2"}
+    assert "| fp32 | 48x48 | 48x48 |" in (out / "runtime_speed.md").read_text()
+
+
+@pytest.mark.slow
 def test_quick_run_writes_the_report(runtime_speed, tmp_path):
+    """Both models and precisions (four exports): the full ``--quick`` smoke run."""
     out = tmp_path / "results"
     code = runtime_speed.main(["--quick", "--sizes", "64x64", "--runs", "2", "--warmup", "0", "--threads", "1",
                                "--memory-size", "64x64", "--memory-runs", "2", "4", "--gap-ms", "0",
