@@ -43,8 +43,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.datasets import NEU_CLASSES, NEU_SPLIT_FILE, data_root  # noqa: E402
-from training.baselines import KINDS, evaluate_baseline, image_loader  # noqa: E402
+from training.cli_baseline import KINDS  # noqa: E402
 from training.data import build_dataset  # noqa: E402
+from training.evaluation import evaluate_baseline  # noqa: E402
+from training.loaders import image_loader  # noqa: E402
 from training.methods.base import build_method, config_to_dict  # noqa: E402
 from training.methods.baselines import KMeansBaseline  # noqa: E402
 from usseg_sdk.atomic import write_text_atomic  # noqa: E402

@@ -2,7 +2,7 @@
 
 The protocol of the demo's exported model (``python -m export --calibrate`` then ``Segmenter`` on the holdout),
 computed in torch with the engine's evaluation (:func:`training.evaluation.cluster_confusions`) and the
-baselines' scoring (:func:`training.baselines.score_protocols`): used for the k-means baseline row and by
+baselines' scoring (:func:`training.evaluation.score_protocols`): used for the k-means baseline row and by
 ``demo/compare_methods.py``, which compares every head of every method without exporting each.
 """
 
@@ -13,9 +13,9 @@ from typing import Any
 import torch
 
 from demo.sample import Sample
-from training.baselines import evaluate_baseline, image_loader, score_protocols
 from training.data import build_dataset
-from training.evaluation import cluster_confusions
+from training.evaluation import cluster_confusions, evaluate_baseline, score_protocols
+from training.loaders import image_loader
 from training.methods.base import Method, build_method
 
 
@@ -37,7 +37,7 @@ def head_scores(method: Method, sample: Sample, channels: int) -> dict[str, dict
 
 def kmeans_baseline(sample: Sample, channels: int = 1, seed: int = 0) -> dict[str, Any]:
     """Per-pixel k-means (K = classes) fitted on the ``train`` images, named on ``calibration``, scored on
-    ``holdout``: ``training.baselines.evaluate_baseline``'s result."""
+    ``holdout``: ``training.evaluation.evaluate_baseline``'s result."""
     method = build_method("kmeans", {"n_clusters": len(sample.class_names), "channels": channels, "seed": seed})
     return evaluate_baseline(method, split_loader(sample, "train", channels, labelled=False),
                              split_loader(sample, "holdout", channels), class_names=sample.class_names,

@@ -28,7 +28,7 @@ def split_ids(split_file: str | Path, split: str) -> list[str]:
 
 def eval_subset(ids: Sequence[str], limit: int | None) -> list[str]:
     """The fixed evaluation subset: a seed-0 permutation of the sorted ids, first ``limit``, sorted again (the
-    subset ``training.baselines.image_loader(limit=..., seed=0)`` takes)."""
+    subset ``training.loaders.image_loader(limit=..., seed=0)`` takes)."""
     ids = sorted(ids)
     if limit is None or limit >= len(ids):
         return ids

@@ -205,7 +205,7 @@ def test_budget_steps_flag():
 
 
 def test_eval_subset_is_the_subset_the_baselines_benchmark_scores():
-    from training.baselines import image_loader
+    from training.loaders import image_loader
 
     ids = [f"{i:06d}" for i in range(40)]
     loader = image_loader(list(range(40)), batch_size=4, limit=9)  # a list stands in for the dataset

@@ -13,11 +13,11 @@ the defaults here and each a field of :class:`ACConfig` (its section and choices
 * Orderings (§3.3, §A5): (o1, o2) uniform over the ordered pairs with o1 != o2 from ``orderings`` (default: the
   8 raster scans, all 16 with ``attention``; ids in ``training.methods.ac.orderings``). The reimplementation allows
   o1 = o2, which leaves no invariance signal.
-* Net (§3.4-§3.6, §A3/§A4/§A6/§A7): ``training.methods.ac.autoregressive.AutoregressiveSegNet``; ``mode = "strict"`` (first
-  masked layer type A, then type B; ``"inclusive"`` = type B everywhere), ``attention = True`` after block 2
-  (grid stride 4; stride 2 without attention), widths 64 -> 1024 (``width``, ``n_blocks``). ``head_norm``
-  (BN -> ReLU before the heads, default on) is ours, not a proposal: without it the un-normalised residual stream
-  saturates the initial softmaxes (see ``training.methods.ac.autoregressive``).
+* Net (§3.4-§3.6, §A3/§A4/§A6/§A7): ``training.methods.ac.autoregressive.AutoregressiveSegNet``; ``mode = "strict"``
+  (first masked layer type A, then type B; ``"inclusive"`` = type B everywhere), ``attention = True`` after block 2
+  (grid stride 4; stride 2 without attention), widths 64 -> 1024 (``width``, ``n_blocks``). ``head_norm`` (BN -> ReLU
+  before the heads, default on) is ours, not a proposal: without it the un-normalised residual stream saturates the
+  initial softmaxes (see ``training.methods.ac.autoregressive``).
 * Views (§3.7, §A8): both orderings see the same x, h-flipped with ``hflip_p`` before both views (IIC's
   preprocessing; the random crop is the dataset's). ``iic_transforms = True`` also gives view 2 IIC's colour
   jitter (``jitter``, ``training.data.photometric``) and horizontal flip (``view_flip_p``; plus IIC's random
