@@ -114,7 +114,11 @@ def displaced_joint_fft(p1: torch.Tensor, p2: torch.Tensor, half_T: int) -> torc
     size = (h + half_T, w + half_T)
     f1 = torch.fft.rfft2(p1.double(), s=size)  # (B, K, H', W'/2+1) complex
     f2 = torch.fft.rfft2(p2.double(), s=size)
-    cross = torch.einsum("bihw,bjhw->ijhw", f1, f2.conj())  # (K, K, H', W'') Σ_b F1[b, i] · conj(F2[b, j])
+    # (K, K, H', W'') Σ_b F1[b, i] · conj(F2[b, j]): one small (K, B) @ (B, K) product per frequency, on contiguous
+    # (H', W'', ...) copies. einsum("bihw,bjhw->ijhw") computes the same but strides over b and hw; at a 128 crop
+    # with K = 20 it took 9 s instead of 0.3 s on this CPU.
+    cross = torch.matmul(f1.permute(2, 3, 1, 0).contiguous(), f2.conj().permute(2, 3, 0, 1).contiguous())
+    cross = cross.permute(2, 3, 0, 1)  # (K, K, H', W'')
     corr = torch.fft.irfft2(cross, s=size)  # (K, K, H', W'): corr[..., d] = Σ p1[p + d] p2[p] (mod size)
     dy = torch.arange(-half_T, half_T + 1, device=p1.device) % size[0]
     dx = torch.arange(-half_T, half_T + 1, device=p1.device) % size[1]
