@@ -190,3 +190,17 @@ def test_presets_build_and_match_their_paper_rows(name):
         assert c.input.sobel == ("append" if "coco" in name else "off")
     else:
         assert method.input_spec().mean == (0.44,) and c.width < 1.0
+
+
+def test_head_padding_0_leaves_no_uniform_ring_along_the_frame_border():
+    # The official head pads by 1: a ring of zero logits, i.e. uniform probabilities, whose argmax is cluster 0 on
+    # every frame border (issue 13 item 4's 1-pixel ring). head_padding 0 predicts the border from the features.
+    torch.manual_seed(0)
+    x = torch.rand(2, 1, 64, 64)
+    for padding, uniform in ((1, True), (0, False)):
+        method = build_method("iic", {**SMALL, "head_padding": padding}).eval()
+        probs = method.inference_net()(x)  # (B, K, H, W)
+        border = torch.cat([probs[..., 0, :], probs[..., -1, :], probs[..., :, 0], probs[..., :, -1]], dim=-1)
+        assert torch.allclose(border, torch.full_like(border, 1 / probs.shape[1]), atol=1e-6) == uniform
+    with pytest.raises(ConfigError, match="head_padding"):
+        build_method("iic", {"head_padding": 2})

@@ -99,6 +99,9 @@ class IICConfig(MethodConfig):
     use_label_mask: bool = False  # exclude label == 255 pixels from the loss (the official COCO stuff mask)
     joint: str = "fft"  # displaced-joint implementation: "fft" | "conv" | "loop"
     inference_sub_head: int = 0  # sub-head used by inference_net unless select_sub_head() chose another
+    # Net10a's 1x1 head pads by 1 (official, docs/METHODS.md §I6): a ring of uniform probabilities around the map,
+    # which the argmax turns into cluster 0 along every frame border. 0 (with a bias): no ring (a line's choice).
+    head_padding: int = 1
 
     legacy_keys: ClassVar[dict[str, str]] = {**LEGACY_INPUT_KEYS, "input_size": "input.native_size"}
 
@@ -122,7 +125,7 @@ class IIC(Method):
             self.adapter = c.input.adapter(c.channels)
             self.net = SegmentationNet10aTwoHead(self.adapter.out_channels, k_A=c.over_clusters, k_B=c.n_clusters,
                                                  num_sub_heads=c.num_sub_heads, width=c.width,
-                                                 track_running_stats=c.batchnorm_track)
+                                                 track_running_stats=c.batchnorm_track, head_padding=c.head_padding)
         self._jitter = PhotometricConfig(brightness=c.jitter_brightness, contrast=c.jitter_contrast,
                                          saturation=c.jitter_saturation, hue=c.jitter_hue)
         self._affine = AffineRange(c.affine_rot, c.affine_shear, c.affine_scale) if c.use_random_affine else None
@@ -270,6 +273,8 @@ def _validate(c: IICConfig) -> None:
         raise ConfigError(f"IICConfig.joint must be one of {JOINT_IMPLS}, got {c.joint!r}")
     if not 0.0 <= c.flip_p <= 1.0:
         raise ConfigError(f"IICConfig.flip_p must be in [0, 1], got {c.flip_p}")
+    if c.head_padding not in (0, 1):
+        raise ConfigError(f"IICConfig.head_padding must be 0 or 1, got {c.head_padding}")
     if c.width <= 0:
         raise ConfigError(f"IICConfig.width must be positive, got {c.width}")
     if not 0 <= c.inference_sub_head < c.num_sub_heads:

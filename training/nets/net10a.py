@@ -112,11 +112,11 @@ class SegmentationNet10aTwoHead(nn.Module):
     """
 
     def __init__(self, in_channels: int, k_A: int, k_B: int, num_sub_heads: int = 1, width: float = 1.0,
-                 track_running_stats: bool = True):
+                 track_running_stats: bool = True, head_padding: int = 1):
         super().__init__()
         self.trunk = Net10aTrunk(in_channels, width=width, track_running_stats=track_running_stats)
-        self.head_A = Net10aHead(self.trunk.out_channels, k_A, num_sub_heads)
-        self.head_B = Net10aHead(self.trunk.out_channels, k_B, num_sub_heads)
+        self.head_A = Net10aHead(self.trunk.out_channels, k_A, num_sub_heads, padding=head_padding)
+        self.head_B = Net10aHead(self.trunk.out_channels, k_B, num_sub_heads, padding=head_padding)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
