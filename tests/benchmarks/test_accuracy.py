@@ -182,7 +182,7 @@ def test_a_run_the_cap_stops_is_marked(tmp_path, monkeypatch):
 
 def test_each_row_has_its_own_step_budget_in_its_settings_key(sample_dir):
     settings = Settings(eval_limit=None, data_root=str(sample_dir))
-    assert settings.key("iic")["budget_steps"] == ROW_STEPS["iic"] == 1850
+    assert settings.key("iic_scratch")["budget_steps"] == ROW_STEPS["iic_scratch"] == 1850
     assert settings.key("kmeans")["budget_steps"] is None  # a baseline fits once
     resized = Settings(eval_limit=None, data_root=str(sample_dir), budget_steps=(*ROW_STEPS.items(), ("iic", 5)))
     assert resized.key("iic") != settings.key("iic") and resized.key("picie") == settings.key("picie")
