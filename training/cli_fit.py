@@ -1,9 +1,15 @@
 """``python -m training fit``: train a method from a preset, with overrides, a progress bar, and resume.
 
-    python -m training fit --preset iic_neu_cpu --data samples/neu-seg/images --eval-data samples/neu-seg \\
-        --set train.epochs=3 --out runs/try1
+    python -m training fit --preset iic_neu --data /line/frames --eval-data samples/neu-seg --out runs/try1
+    python -m training fit --preset iic_neu --data ../shared/data/neu-seg --split train \\
+        --eval-data ../shared/data/neu-seg --eval-split calibration      # the preset's NEU-Seg splits
     python -m training fit --resume runs/try1 --set train.epochs=6      # continue (and extend) a run
     torchrun --nproc_per_node 2 -m training fit --preset ...           # DDP, one process per GPU
+
+``--data DIR`` is a plain (recursive) folder of frames for every preset, labels unused, with the preset's crop and
+channels; ``--eval-data DIR`` a labelled folder (DIR/images + DIR/masks), optional. ``--split`` / ``--eval-split``
+read the folder as the preset's own dataset (its split file, e.g. NEU-Seg's) instead; see
+``training.config.with_data_roots``.
 
 The library (``training.engine.fit``) logs; the progress bar lives here. SIGTERM / Ctrl-C stop the run after the
 current step with a checkpoint (a second Ctrl-C aborts at once).
@@ -12,6 +18,7 @@ current step with a checkpoint (a second Ctrl-C aborts at once).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import logging
 import os
@@ -34,10 +41,18 @@ RUNS_DIR = Path("runs")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", metavar="NAME", help="a preset in training/presets (--list-presets) or a YAML path")
-    parser.add_argument("--data", metavar="DIR", help="training images (sets data.train.root)")
+    parser.add_argument("--data", metavar="DIR",
+                        help="training frames: a plain folder, read recursively, labels unused (mask files and "
+                             "masks/ folders skipped), with the preset's crop and channels")
     parser.add_argument("--eval-data", metavar="DIR",
-                        help="labelled split scored during training (sets data.eval.root; without a data.eval "
-                             "spec it is read as a mask_folder: DIR/images, DIR/masks)")
+                        help="labelled frames scored during training (optional): DIR/images + DIR/masks, class "
+                             "names from DIR/labels.txt")
+    parser.add_argument("--split", metavar="NAME",
+                        help="read --data as the preset's own dataset spec (e.g. NEU-Seg with the preset's split "
+                             "file) and train on its split NAME")
+    parser.add_argument("--eval-split", metavar="NAME",
+                        help="read --eval-data as the preset's own data.eval spec (split file, class names) and "
+                             "score its split NAME")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, dotted, value parsed as YAML (repeatable): "
                              "--set train.epochs=3 --set method_config.lr=1e-3")
@@ -65,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
     if args.print_config:
         print(dump_config(config.to_dict()), end="")
         return 0
+    if args.resume is None:
+        config = _check_data(config, args.preset)
     if int(os.environ.get("RANK", "0")) != 0:  # DDP: rank 0 speaks for the job
         logging.getLogger().setLevel(logging.WARNING)
     stop = _StopRequest()
@@ -97,7 +114,7 @@ def _fresh_config(args: argparse.Namespace) -> tuple[RunConfig, Path]:
         names = ", ".join(available_presets()) or "(none bundled)"
         raise ConfigError(f"--preset is required to start a run (bundled presets: {names}; or a YAML path)")
     config = resolve_run_config(load_preset(args.preset), overrides=args.overrides, data=args.data,
-                                eval_data=args.eval_data)
+                                eval_data=args.eval_data, split=args.split, eval_split=args.eval_split)
     run_dir = Path(args.out) if args.out else default_run_dir(args.preset)
     return config, run_dir
 
@@ -115,8 +132,21 @@ def _resume_config(args: argparse.Namespace) -> tuple[RunConfig, Path]:
     if found is None:
         raise CheckpointError(f"{run_dir / ckpt_io.CHECKPOINTS_DIR / 'last'}: no complete checkpoint to resume from")
     saved = ckpt_io.open_checkpoint(found).state["config"]
-    config = resolve_run_config(saved, overrides=args.overrides, data=args.data, eval_data=args.eval_data)
+    config = resolve_run_config(saved, overrides=args.overrides, data=args.data, eval_data=args.eval_data,
+                                split=args.split, eval_split=args.eval_split)
     return config, run_dir
+
+
+def _check_data(config: RunConfig, preset: str) -> RunConfig:
+    """Training frames are required; a labelled split is optional: without one the run trains unscored."""
+    if not config.train_data.spec.get("root"):
+        raise ConfigError(f"give the training frames: --data DIR (preset {preset} names no data.train root)")
+    if config.eval_data is not None and not config.eval_data.spec.get("root"):
+        log.warning("preset %s scores a labelled split during training (data.eval), but no --eval-data was given: "
+                    "training without evaluation, checkpoints/best will be the final weights. Give --eval-data DIR "
+                    "(DIR/images + DIR/masks) to score one", preset)
+        config = dataclasses.replace(config, eval_data=None)
+    return config
 
 
 def default_run_dir(preset: str, base: Path = RUNS_DIR) -> Path:
