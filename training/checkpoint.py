@@ -229,6 +229,14 @@ class Checkpoint:
             raise CheckpointError(f"{file}: sha256 does not match the manifest (corrupted)")
         return data
 
+    def verify(self) -> Checkpoint:
+        """Read every file the manifest lists and check its size and sha256 (a CheckpointError names the first bad
+        one); returns ``self``."""
+        for name in self.manifest["files"]:
+            self.read_bytes(name)
+        _ = self.state
+        return self
+
     def has(self, name: str) -> bool:
         return name in self.manifest["files"]
 
@@ -432,13 +440,26 @@ class Resumed:
     rng: dict[str, Any] | None  # this rank's RNG states, restored after on_fit_start
 
 
-def resume_checkpoint(run_dir: Path) -> Checkpoint:
-    """``RUN/checkpoints/last``, or a CheckpointError saying there is nothing to resume."""
-    found = checkpoint_dir(run_dir, "last")
-    if found is None:
-        raise CheckpointError(f"{run_dir / CHECKPOINTS_DIR / 'last'}: no complete checkpoint to resume from (the "
-                              "run stopped before its first checkpoint; start it again)")
-    return open_checkpoint(found)
+def resume_checkpoint(run_dir: Path, *, warn: bool = True) -> Checkpoint:
+    """``RUN/checkpoints/last``, verified; when it is missing or damaged, ``best`` (a WARNING names both: the run
+    continues from the best step, the steps after it are trained again); else a CheckpointError saying there is
+    nothing to resume and why."""
+    problems = []
+    for name in ("last", "best"):
+        found = checkpoint_dir(run_dir, name)
+        if found is None:
+            problems.append(f"{run_dir / CHECKPOINTS_DIR / name} is missing or incomplete")
+            continue
+        try:
+            ckpt = open_checkpoint(found).verify()
+        except CheckpointError as e:
+            problems.append(str(e))
+            continue
+        if name == "best" and warn:
+            log.warning("cannot resume from %s: %s; resuming from %s (step %d) instead", run_dir / CHECKPOINTS_DIR /
+                        "last", problems[0], found, int(ckpt.state["step"]))
+        return ckpt
+    raise CheckpointError(f"{run_dir}: no complete checkpoint to resume from ({'; '.join(problems)})")
 
 
 def refuse_used_run_dir(run_dir: Path) -> None:

@@ -31,11 +31,12 @@ from types import FrameType
 from typing import Any
 
 from training import checkpoint as ckpt_io
-from training.config import RunConfig, available_presets, dump_config, load_preset, resolve_run_config
+from training.config import RunConfig, available_presets, dump_config, load_preset, load_yaml, resolve_run_config
 from training.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
+CONFIG_FILE = "config.yaml"  # as training.engine.CONFIG_FILE (the engine is imported only to train)
 RUNS_DIR = Path("runs")
 
 
@@ -60,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", nargs="?", const=True, default=None, metavar="RUN_DIR",
                         help="continue RUN_DIR from checkpoints/last with its saved config (--set still applies); "
                              "without RUN_DIR: --out, else the newest run under runs/")
+    parser.add_argument("--fresh", action="store_true",
+                        help="with --resume: when RUN_DIR has no checkpoint to resume from (killed before its first "
+                             "one), start it again from step 0 with its config.yaml instead of failing")
     parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                         help="import MODULE first, e.g. one that registers a custom method (repeatable)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -73,8 +77,11 @@ def run(args: argparse.Namespace) -> int:
     if args.list_presets:
         print("\n".join(available_presets()) or "(no presets)")
         return 0
-    if args.resume is not None:
-        config, run_dir = _resume_config(args)
+    if args.fresh and args.resume is None:
+        raise ConfigError("--fresh restarts a run named by --resume RUN_DIR that has no checkpoint; give --resume")
+    resume = args.resume is not None
+    if resume:
+        config, run_dir, resume = _resume_config(args)
     else:
         config, run_dir = _fresh_config(args)
     if args.print_config:
@@ -82,6 +89,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.resume is None:
         config = _check_data(config, args.preset)
+    elif not resume:
+        log.warning("%s has no checkpoint to resume from: starting it again from step 0 with its config.yaml (--fresh)",
+                    run_dir)
     if int(os.environ.get("RANK", "0")) != 0:  # DDP: rank 0 speaks for the job
         logging.getLogger().setLevel(logging.WARNING)
     stop = _StopRequest()
@@ -92,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         with stop.installed(), logging_redirect_tqdm():
-            result = fit(config, run_dir, resume=args.resume is not None, progress=progress, should_stop=stop)
+            result = fit(config, run_dir, resume=resume, progress=progress, should_stop=stop)
     except KeyboardInterrupt:  # the second Ctrl-C
         print(f"aborted; resume from the last checkpoint with --resume {run_dir}", file=sys.stderr)
         return 130
@@ -119,7 +129,9 @@ def _fresh_config(args: argparse.Namespace) -> tuple[RunConfig, Path]:
     return config, run_dir
 
 
-def _resume_config(args: argparse.Namespace) -> tuple[RunConfig, Path]:
+def _resume_config(args: argparse.Namespace) -> tuple[RunConfig, Path, bool]:
+    """The run's saved config and directory, and whether there is a checkpoint to resume (else ``--fresh``
+    restarts it from its config.yaml)."""
     if args.preset:
         raise ConfigError("--resume continues a run with its saved config; drop --preset (use --set to change keys)")
     if isinstance(args.resume, str):
@@ -128,13 +140,24 @@ def _resume_config(args: argparse.Namespace) -> tuple[RunConfig, Path]:
             raise ConfigError(f"--resume {run_dir} and --out {args.out} name different runs")
     else:
         run_dir = Path(args.out) if args.out else latest_run()
-    found = ckpt_io.checkpoint_dir(run_dir, "last")
-    if found is None:
-        raise CheckpointError(f"{run_dir / ckpt_io.CHECKPOINTS_DIR / 'last'}: no complete checkpoint to resume from")
-    saved = ckpt_io.open_checkpoint(found).state["config"]
+    try:
+        saved, resume = ckpt_io.resume_checkpoint(run_dir, warn=False).state["config"], True
+    except CheckpointError as e:
+        saved, resume = _restart_config(run_dir, e, args.fresh), False
     config = resolve_run_config(saved, overrides=args.overrides, data=args.data, eval_data=args.eval_data,
                                 split=args.split, eval_split=args.eval_split)
-    return config, run_dir
+    return config, run_dir, resume
+
+
+def _restart_config(run_dir: Path, nothing: CheckpointError, fresh: bool) -> dict[str, Any]:
+    config_file = run_dir / CONFIG_FILE
+    if not fresh:
+        hint = (f"; it was stopped before its first checkpoint: start it again from step 0 with its saved config "
+                f"with --resume {run_dir} --fresh") if config_file.is_file() else ""
+        raise CheckpointError(f"{nothing}{hint}") from None
+    if not config_file.is_file():
+        raise CheckpointError(f"{nothing}; and no {config_file} to start it again from (--fresh)") from None
+    return load_yaml(config_file)
 
 
 def _check_data(config: RunConfig, preset: str) -> RunConfig:

@@ -145,7 +145,7 @@ class _Trainer:
         self.config, self.cfg, self.env, self.device, self.should_stop = config, config.train, env, device, should_stop
         self.progress = progress if env.is_main else None
         self.run_dir = Path(broadcast_object(str(run_dir), env))
-        resume_from = ckpt_io.resume_checkpoint(self.run_dir) if resume else None
+        resume_from = ckpt_io.resume_checkpoint(self.run_dir, warn=env.is_main) if resume else None
         if not resume:
             ckpt_io.refuse_used_run_dir(self.run_dir)
         self.precision = _Precision.setup(self.cfg, device)
@@ -199,6 +199,10 @@ class _Trainer:
             if self.resumed is not None and self.resumed.rng is not None:
                 # after on_fit_start: randomness drawn there cannot shift the run
                 ckpt_io.restore_rng(self.resumed.rng, self.device)
+            if self.resumed is None:
+                # step 0 is a checkpoint too: a run killed before its first periodic one (epoch passes, slow
+                # first steps) can still be resumed, and repeats the uninterrupted run from here
+                self._save(last=True, best=False)
             stopped = self._stop_reason(time_up=False, interrupt=False)
             while stopped is None and self.loop.epoch < self.cfg.epochs:
                 stopped = self._run_epoch()
