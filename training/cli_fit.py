@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"  # as training.engine.CONFIG_FILE (the engine is imported only to train)
 RUNS_DIR = Path("runs")
+PROGRESS_EVERY_S = 10.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,7 +69,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="import MODULE first, e.g. one that registers a custom method (repeatable)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--list-presets", action="store_true", help="list the bundled presets and exit")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (it is off when not a TTY)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    parser.add_argument("--progress-every", type=float, default=PROGRESS_EVERY_S, metavar="SECONDS",
+                        help="without a terminal (a log file, a container): one progress line (step, images/s, "
+                             f"loss, ETA) this often on stdout (default {PROGRESS_EVERY_S:g}); a bar on a terminal")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -95,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) != 0:  # DDP: rank 0 speaks for the job
         logging.getLogger().setLevel(logging.WARNING)
     stop = _StopRequest()
-    progress = None if args.no_progress or int(os.environ.get("RANK", "0")) != 0 else TqdmProgress()
+    progress = None if args.no_progress or int(os.environ.get("RANK", "0")) != 0 else make_progress(args)
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from training.engine import fit
@@ -225,6 +229,70 @@ class _StopRequest:
         return handlers()
 
 
+def make_progress(args: argparse.Namespace) -> TqdmProgress | LineProgress:
+    """A bar on a terminal; progress lines on stdout otherwise (tqdm draws nothing there)."""
+    if sys.stdout.isatty():
+        return TqdmProgress()
+    return LineProgress(args.progress_every)
+
+
+class LineProgress:
+    """Without a terminal: one flushed line every ``interval_s`` seconds of the run: steps done of the total,
+    epoch, images/s and mean loss since the last line, and the ETA (from that rate, or the time budget if sooner)."""
+
+    def __init__(self, interval_s: float = PROGRESS_EVERY_S, stream: Any = None,
+                 clock: Any = time.monotonic):
+        self.interval_s = interval_s
+        self.stream = stream
+        self.clock = clock
+        self.total: int | None = None
+        self.epoch = 0
+        self.deadline: float | None = None
+        self._reset(clock())
+
+    def begin(self, total_steps: int, step: int, time_left_s: float | None) -> None:
+        self.total = total_steps
+        self.deadline = None if time_left_s is None else self.clock() + time_left_s
+        self._reset(self.clock())
+
+    def epoch_start(self, epoch: int, total_batches: int, done_batches: int) -> None:
+        self.epoch = epoch
+
+    def step(self, values: dict[str, float]) -> None:
+        self.steps += 1
+        self.images += values.get("images", 0)
+        self.loss_sum += values["loss"]
+        now = self.clock()
+        if now - self.since >= self.interval_s:
+            print(self._line(int(values.get("step", 0)), now), file=self.stream or sys.stdout, flush=True)
+            self._reset(now)
+
+    def epoch_end(self) -> None:
+        pass
+
+    def _line(self, step: int, now: float) -> str:
+        seconds = max(now - self.since, 1e-9)
+        total = f"/{self.total}" if self.total else ""
+        eta = None
+        if self.total:
+            eta = (self.total - step) * seconds / self.steps
+        if self.deadline is not None:
+            eta = max(0.0, self.deadline - now) if eta is None else min(eta, max(0.0, self.deadline - now))
+        return (f"step {step}{total}, epoch {self.epoch}: {self.images / seconds:.1f} images/s, "
+                f"loss {self.loss_sum / self.steps:.4f}, ETA {_duration(eta)}")
+
+    def _reset(self, now: float) -> None:
+        self.since, self.steps, self.images, self.loss_sum = now, 0, 0.0, 0.0
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
 class TqdmProgress:
     """One bar per epoch: steps, smoothed loss, images/s."""
 
@@ -252,6 +320,9 @@ class TqdmProgress:
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{self.loss:.4f}", img_s=f"{self.rate:.1f}", refresh=False)
             self.bar.update(1)
+
+    def begin(self, total_steps: int, step: int, time_left_s: float | None) -> None:
+        pass  # tqdm's own rate and remaining time per epoch bar
 
     def epoch_end(self) -> None:
         if self.bar is not None:

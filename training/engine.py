@@ -83,7 +83,10 @@ class FitResult:
 
 
 class Progress(Protocol):
-    """What the engine reports to a progress display (the CLI's tqdm bar); only rank 0 reports."""
+    """What the engine reports to a progress display (the CLI's tqdm bar or progress lines); only rank 0 reports.
+    ``step`` values: ``loss``, ``lr``, ``images`` (global batch), ``step`` (optimiser steps done). A display may
+    also have ``begin(total_steps, step, time_left_s)``, called once before the first step (``time_left_s``: what
+    is left of ``train.time_budget_s``, or None), for an ETA."""
 
     def epoch_start(self, epoch: int, total_batches: int, done_batches: int) -> None: ...
 
@@ -203,6 +206,10 @@ class _Trainer:
                 # step 0 is a checkpoint too: a run killed before its first periodic one (epoch passes, slow
                 # first steps) can still be resumed, and repeats the uninterrupted run from here
                 self._save(last=True, best=False)
+            begin = getattr(self.progress, "begin", None)
+            if begin is not None:
+                budget = self.cfg.time_budget_s
+                begin(self.data.total_steps, self.loop.step, None if budget is None else budget - self.clock.elapsed())
             stopped = self._stop_reason(time_up=False, interrupt=False)
             while stopped is None and self.loop.epoch < self.cfg.epochs:
                 stopped = self._run_epoch()
@@ -268,7 +275,7 @@ class _Trainer:
         self.window.add(values)
         if self.progress is not None:
             self.progress.step({"loss": values["loss"], "lr": self.optimizer.param_groups[0]["lr"],
-                                "images": cfg.batch_size * self.env.world_size})
+                                "images": cfg.batch_size * self.env.world_size, "step": loop.step})
         return flags
 
     def _reduce_step_values(self, loss: torch.Tensor, logs: dict[str, Any]) -> tuple[dict[str, float],
