@@ -58,6 +58,7 @@ class TrainConfig:
     warmup_steps: int = 0  # linear warm-up from 0 to the method's lr
     eval_every: int = 1  # evaluate every N epochs (0: only at the end); needs data.eval
     eval_every_steps: int = 0  # also evaluate every N optimiser steps (0: off)
+    eval_max_fraction: float | None = 0.25  # skip periodic evaluations while they took more of the run; null = off
     checkpoint_every_steps: int = 0  # also write checkpoints/last every N steps (0: at epoch ends only)
     log_every: int = 10  # one train line in metrics.jsonl per N steps (means over the window)
     deterministic: bool = False  # torch.use_deterministic_algorithms + no cudnn autotuning (CPU runs are anyway)
@@ -77,6 +78,8 @@ class TrainConfig:
             raise ConfigError(f"train.max_steps must be >= 1 or null, got {self.max_steps}")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ConfigError(f"train.time_budget_s must be > 0 or null, got {self.time_budget_s}")
+        if self.eval_max_fraction is not None and not 0 < self.eval_max_fraction <= 1:
+            raise ConfigError(f"train.eval_max_fraction must be in (0, 1] or null, got {self.eval_max_fraction}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"train.grad_clip must be > 0 or null, got {self.grad_clip}")
         _one_of("amp_dtype", self.amp_dtype, ("bfloat16", "float16"))

@@ -52,12 +52,12 @@ from training.distributed import (
     shutdown_distributed,
 )
 from training.errors import ConfigError, TrainingError
-from training.evaluation import cluster_confusions, score_confusions
-from training.loaders import RunLoaders, seed_everything
+from training.evaluation import EvaluationInterrupted, cluster_confusions, score_confusions
+from training.loaders import HookInterrupted, RunLoaders, StoppableLoader, seed_everything
 from training.methods.base import FitContext, Method, build_method
 from training.metrics_log import MetricsLog, StepWindow
 from training.plots import plot_curves
-from training.stopwatch import Stopwatch
+from training.stopwatch import EvalBudget, Stopwatch
 
 log = logging.getLogger(__name__)
 
@@ -163,9 +163,14 @@ class _Trainer:
         self.loop = resumed.loop if resumed else ckpt_io.LoopState()
         self.window = resumed.window if resumed else StepWindow()
         self.clock = Stopwatch(resumed.elapsed_s if resumed else 0.0)
+        self.eval_budget = EvalBudget(self.cfg.eval_max_fraction, self.clock)
+        # Stop requests inside an evaluation or an epoch pass: one process only (under DDP every rank would have to
+        # agree on the batch; there the run stops at the next step boundary)
+        self._stop_inside = should_stop if should_stop is not None and not env.enabled else _never
+        self.aux = StoppableLoader(self.data.aux, self._stop_inside)
         self.model = _wrap_ddp(self.method, env, device, self.cfg)
         self.ctx = FitContext(device=device, epoch=self.loop.epoch, step=self.loop.step,
-                              train_loader=self.data.aux, rank=env.rank, world_size=env.world_size,
+                              train_loader=self.aux, rank=env.rank, world_size=env.world_size,
                               amp=self.precision.amp, log=self._hook_log, epochs=self.cfg.epochs,
                               steps_per_epoch=self.data.steps_per_epoch, total_steps=self.data.total_steps,
                               run_dir=self.run_dir,
@@ -174,6 +179,8 @@ class _Trainer:
             self.model.module.ctx = self.ctx
         self._last_saved_step = self.loop.step if resumed else -1
         self._warned_main_matching = False
+        self._interrupted_inside = False  # an evaluation or epoch pass ended early on a stop request
+        self._partial_state = False  # ... an epoch pass: the method's state is half updated, never saved
 
     def _restore(self, ckpt: ckpt_io.Checkpoint) -> ckpt_io.Resumed:
         resumed = ckpt_io.restore_run(ckpt, config=self.config.to_dict(), method=self.method,
@@ -225,8 +232,8 @@ class _Trainer:
         # Also after a mid-epoch resume: on_epoch_end passes (PiCIE's centroid refit) read ctx.train_loader.
         data.aux_sampler.set_epoch(loop.epoch)
         ctx.epoch = loop.epoch
-        if loop.batch_in_epoch == 0:
-            self.method.on_epoch_start(ctx)
+        if loop.batch_in_epoch == 0 and not self._epoch_start_hook():
+            return "interrupted"
         if self.progress is not None:
             self.progress.epoch_start(loop.epoch, data.steps_per_epoch, loop.batch_in_epoch)
         stopped = None
@@ -240,7 +247,23 @@ class _Trainer:
             self.progress.epoch_end()
         if loop.batch_in_epoch >= data.steps_per_epoch:
             self._end_epoch()
-        return stopped
+        return stopped or ("interrupted" if self._interrupted_inside else None)
+
+    def _epoch_start_hook(self) -> bool:
+        """``on_epoch_start``; False when a stop request ended its pass over ``ctx.train_loader`` early. Its half
+        updated state is not saved: ``last`` already holds this very position (written at step 0, at the end of
+        the previous epoch, or resumed from), and a resume runs the hook again."""
+        self.aux.armed = True
+        try:
+            self.method.on_epoch_start(self.ctx)
+        except HookInterrupted:
+            log.warning("stop requested during the epoch %d pass of on_epoch_start: stopping; the run resumes from "
+                        "step %d and repeats the pass", self.loop.epoch, self.loop.step)
+            self._interrupted_inside = self._partial_state = True
+            return False
+        finally:
+            self.aux.armed = False
+        return True
 
     def _train_step(self, batch: dict[str, Any]) -> dict[str, bool]:
         loop, ctx, cfg, scaler = self.loop, self.ctx, self.cfg, self.precision.scaler
@@ -301,7 +324,7 @@ class _Trainer:
         if loop.step % cfg.log_every == 0:
             self._write_train_line()
         improved = False
-        if cfg.eval_every_steps and loop.step % cfg.eval_every_steps == 0:
+        if cfg.eval_every_steps and loop.step % cfg.eval_every_steps == 0 and self._eval_allowed():
             improved = self._evaluate()
         periodic = bool(cfg.checkpoint_every_steps) and loop.step % cfg.checkpoint_every_steps == 0
         if periodic or improved:
@@ -309,7 +332,7 @@ class _Trainer:
         # A single process decides at once; under DDP the all-reduced flag of the next step decides for all.
         budget_spent = (not self.env.enabled and cfg.time_budget_s is not None
                         and self.clock.elapsed() >= cfg.time_budget_s)
-        return self._stop_reason(time_up=time_up or budget_spent, interrupt=interrupt)
+        return self._stop_reason(time_up=time_up or budget_spent, interrupt=interrupt or self._interrupted_inside)
 
     def _stop_reason(self, *, time_up: bool, interrupt: bool) -> str | None:
         if self.cfg.max_steps is not None and self.loop.step >= self.cfg.max_steps:
@@ -327,25 +350,44 @@ class _Trainer:
         loop.batch_in_epoch = 0
         self.ctx.epoch = loop.epoch
         every = self.cfg.eval_every
-        improved = self._evaluate() if every and loop.epoch % every == 0 else False
+        improved = self._evaluate() if every and loop.epoch % every == 0 and self._eval_allowed() else False
         self._save(last=True, best=improved)
+
+    def _eval_allowed(self) -> bool:
+        """Periodic evaluations stay within ``train.eval_max_fraction`` of the run's time (rank 0 decides)."""
+        if self.data.evaluation is None:
+            return False
+        allowed = bool(broadcast_object(self.eval_budget.allows(), self.env))
+        if not allowed:
+            share = self.eval_budget.share()
+            log.info("skipping the evaluation at step %d: evaluations took %.0f %% of the run so far "
+                     "(train.eval_max_fraction %s)", self.loop.step, 100 * share, self.cfg.eval_max_fraction)
+            self._event("eval_skipped", eval_share=round(share, 4))
+        return allowed
 
     def _evaluate(self) -> bool:
         """Score the eval split; returns whether the main-head mIoU improved on the best so far."""
         if self.data.evaluation is None:
             return False
         loop = self.loop
-        with self.clock.paused():
+        with self.clock.paused(), self.eval_budget.measure():
             self._sync_buffers()
-            counts = cluster_confusions(self.method, self.data.evaluation, device=self.device,
-                                        n_classes=self.data.n_classes, autocast=self.precision.autocast)
+            try:
+                counts = cluster_confusions(self.method, self.data.evaluation, device=self.device,
+                                            n_classes=self.data.n_classes, autocast=self.precision.autocast,
+                                            should_stop=self._stop_inside)
+            except EvaluationInterrupted:
+                log.warning("stop requested during the evaluation at step %d: stopping without its scores", loop.step)
+                self._interrupted_inside = True
+                return False
             for matrix in counts.values():
                 all_reduce_sum_(matrix, self.env)
             scores = score_confusions(counts, class_names=self.data.class_names,
                                       warn=not self._warned_main_matching)
             self._warned_main_matching = True
         loop.last_eval, loop.last_eval_step = scores, loop.step
-        self._write("eval", scores)
+        self._write("eval", {**scores, "eval_s": round(self.eval_budget.last_s, 3),
+                             "eval_share": round(self.eval_budget.share(), 4)})
         miou = scores.get("miou")
         log.info("eval at step %d: mIoU %s, pixel accuracy %s", loop.step, _fmt(miou),
                  _fmt(scores["pixel_accuracy"]))
@@ -375,12 +417,14 @@ class _Trainer:
     def _finish(self, reason: str) -> FitResult:
         loop = self.loop
         improved = evaluated = False
-        if self.data.evaluation is not None and loop.last_eval_step != loop.step:
+        # A stop request skips the final evaluation: it must take seconds (the next run evaluates)
+        if self.data.evaluation is not None and loop.last_eval_step != loop.step and reason != "interrupted":
             improved, evaluated = self._evaluate(), True
         # Re-save last after a final evaluation even at an already saved step: its state must hold the scores
         # (a resume compares new evaluations with best_miou) and the log lines written since.
-        self._save(last=evaluated or self._last_saved_step != loop.step,
-                   best=improved or self.data.evaluation is None)
+        if not self._partial_state:
+            self._save(last=evaluated or self._last_saved_step != loop.step,
+                       best=improved or self.data.evaluation is None)
         elapsed = self.clock.elapsed()
         self._event("end", reason=reason)
         log.info("stopped (%s) at step %d, epoch %d after %.1f s of training%s", reason, loop.step, loop.epoch,
@@ -552,6 +596,10 @@ class _StepModule(nn.Module):
 
 def _identity(t: torch.Tensor) -> torch.Tensor:
     return t
+
+
+def _never() -> bool:
+    return False
 
 
 def _split_output(out: Any, method: str) -> tuple[torch.Tensor, dict[str, Any]]:

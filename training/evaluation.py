@@ -64,11 +64,18 @@ def _stride(method: Any) -> int:
         return 1
 
 
+class EvaluationInterrupted(Exception):
+    """``should_stop`` said stop between two batches of an evaluation; its counts are incomplete."""
+
+
 @torch.no_grad()
 def cluster_confusions(method: Any, loader: Iterable[dict[str, torch.Tensor]], *, device: torch.device,
                        n_classes: int, autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
-                       ) -> dict[str, torch.Tensor]:
-    """Head name -> int64 (K_head, n_classes) confusion of this process's share of the labelled split."""
+                       should_stop: Callable[[], bool] | None = None) -> dict[str, torch.Tensor]:
+    """Head name -> int64 (K_head, n_classes) confusion of this process's share of the labelled split.
+
+    ``should_stop`` is polled before every batch: an evaluation of large frames takes minutes, a stop request
+    (Ctrl-C) must not wait for it (:class:`EvaluationInterrupted`)."""
     heads = method.eval_heads()
     stride = _stride(method)
     was_training = method.training
@@ -77,6 +84,8 @@ def cluster_confusions(method: Any, loader: Iterable[dict[str, torch.Tensor]], *
         nets = {name: method.inference_net(name) for name in heads}
         counts = {name: torch.zeros(k, n_classes, dtype=torch.int64, device=device) for name, k in heads.items()}
         for batch in loader:
+            if should_stop is not None and should_stop():
+                raise EvaluationInterrupted
             if "label" not in batch:
                 from training.errors import DataError
 

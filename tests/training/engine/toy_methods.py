@@ -38,6 +38,7 @@ class ToyConfig(MethodConfig):
     poison_at_step: int | None = None  # on_step_end sets a weight to inf when ctx.step equals this
     step_sleep_s: float = 0.0  # slow steps down (the SIGKILL test needs time to kill mid-run)
     epoch_pass: bool = False  # on_epoch_start iterates ctx.train_loader, like PiCIE's k-means
+    eval_sleep_s: float = 0.0  # slow evaluation down: each inference forward sleeps this long
 
 
 class _ToyNet(nn.Module):
@@ -47,8 +48,11 @@ class _ToyNet(nn.Module):
         super().__init__()
         self.trunk = method.trunk
         self.head = method.heads[head]
+        self.sleep_s = method.config.eval_sleep_s
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ToySeg.inference_calls += 1
+        time.sleep(self.sleep_s)
         return F.softmax(self.head(self.trunk(x)), dim=1)
 
 
@@ -58,6 +62,7 @@ class ToySeg(Method):
 
     config_class = ToyConfig
     record: list[str] | None = None
+    inference_calls = 0  # forward passes of inference nets (evaluation), all instances
     grad_norms: list[float] = []  # noqa: RUF012  (global norm seen in after_backward, appended per step)
 
     def _record(self, name: str) -> None:
