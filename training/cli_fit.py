@@ -111,9 +111,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"aborted; resume from the last checkpoint with --resume {run_dir}", file=sys.stderr)
         return 130
     if int(os.environ.get("RANK", "0")) == 0:
-        best = "" if result.best_miou is None else f", best mIoU {result.best_miou:.4f} (step {result.best_step})"
+        best = _best_summary(result)
         print(f"{result.stopped}: step {result.step}, epoch {result.epoch}{best}; run directory {result.run_dir}")
     return 0
+
+
+def _best_summary(result: Any) -> str:
+    if result.best_reason == "best_metric" and result.best_value is not None:
+        return f", best {result.best_metric} {result.best_value:.4f} (step {result.best_step})"
+    if result.best_reason == "final":
+        return f", best = the final weights ({result.best_metric} did not move)"
+    return ""
 
 
 def _import_plugin(module: str) -> None:

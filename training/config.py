@@ -59,6 +59,7 @@ class TrainConfig:
     eval_every: int = 1  # evaluate every N epochs (0: only at the end); needs data.eval
     eval_every_steps: int = 0  # also evaluate every N optimiser steps (0: off)
     eval_max_fraction: float | None = 0.25  # skip periodic evaluations while they took more of the run; null = off
+    best_metric: str = "auto"  # eval score checkpoints/best maximises: auto | miou | defect_iou | over/miou | ...
     checkpoint_every_steps: int = 0  # also write checkpoints/last every N steps (0: at epoch ends only)
     log_every: int = 10  # one train line in metrics.jsonl per N steps (means over the window)
     deterministic: bool = False  # torch.use_deterministic_algorithms + no cudnn autotuning (CPU runs are anyway)

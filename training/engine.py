@@ -52,7 +52,7 @@ from training.distributed import (
     shutdown_distributed,
 )
 from training.errors import ConfigError, TrainingError
-from training.evaluation import EvaluationInterrupted, cluster_confusions, score_confusions
+from training.evaluation import EvaluationInterrupted, best_metric_name, cluster_confusions, score_confusions
 from training.loaders import HookInterrupted, RunLoaders, StoppableLoader, seed_everything
 from training.methods.base import FitContext, Method, build_method
 from training.metrics_log import MetricsLog, StepWindow
@@ -77,9 +77,12 @@ class FitResult:
     epoch: int
     stopped: str  # completed | max_steps | time_budget | interrupted
     elapsed_s: float  # training wall-clock (evaluation and checkpoint writing excluded)
-    best_miou: float | None = None
+    best_miou: float | None = None  # main-head mIoU of the evaluation that chose checkpoints/best
     best_step: int | None = None
     last_eval: dict[str, Any] | None = None
+    best_metric: str | None = None  # the criterion (train.best_metric resolved)
+    best_value: float | None = None
+    best_reason: str | None = None  # best_metric | final (the criterion never moved) | no evaluation
 
 
 class Progress(Protocol):
@@ -158,9 +161,11 @@ class _Trainer:
         for group in self.optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
         self.data = _loaders(config, self.method, device, env, train_dataset, eval_dataset)
+        self.best_metric = best_metric_name(self.cfg.best_metric, self.method.eval_heads(), self.data.n_classes)
         self.metrics = MetricsLog(self.run_dir / METRICS_FILE, enabled=env.is_main)
         self.resumed = resumed = None if resume_from is None else self._restore(resume_from)
         self.loop = resumed.loop if resumed else ckpt_io.LoopState()
+        self._set_best_metric()
         self.window = resumed.window if resumed else StepWindow()
         self.clock = Stopwatch(resumed.elapsed_s if resumed else 0.0)
         self.eval_budget = EvalBudget(self.cfg.eval_max_fraction, self.clock)
@@ -181,6 +186,14 @@ class _Trainer:
         self._warned_main_matching = False
         self._interrupted_inside = False  # an evaluation or epoch pass ended early on a stop request
         self._partial_state = False  # ... an epoch pass: the method's state is half updated, never saved
+
+    def _set_best_metric(self) -> None:
+        loop = self.loop
+        if loop.best_metric not in (None, self.best_metric):
+            log.warning("checkpoints/best was chosen by %s, this run chooses by %s: its next evaluation starts "
+                        "the comparison again", loop.best_metric, self.best_metric)
+            loop.best_value = loop.metric_range = None
+        loop.best_metric = self.best_metric
 
     def _restore(self, ckpt: ckpt_io.Checkpoint) -> ckpt_io.Resumed:
         resumed = ckpt_io.restore_run(ckpt, config=self.config.to_dict(), method=self.method,
@@ -388,13 +401,45 @@ class _Trainer:
         loop.last_eval, loop.last_eval_step = scores, loop.step
         self._write("eval", {**scores, "eval_s": round(self.eval_budget.last_s, 3),
                              "eval_share": round(self.eval_budget.share(), 4)})
-        miou = scores.get("miou")
-        log.info("eval at step %d: mIoU %s, pixel accuracy %s", loop.step, _fmt(miou),
-                 _fmt(scores["pixel_accuracy"]))
-        improved = miou is not None and (loop.best_miou is None or miou > loop.best_miou)
+        criterion = "" if self.best_metric == "miou" else f", {self.best_metric} {_fmt(scores.get(self.best_metric))}"
+        log.info("eval at step %d: mIoU %s, pixel accuracy %s%s", loop.step, _fmt(scores.get("miou")),
+                 _fmt(scores["pixel_accuracy"]), criterion)
+        return self._track_best(scores)
+
+    def _track_best(self, scores: dict[str, Any]) -> bool:
+        """Whether the criterion (``train.best_metric``) improved on the best so far (its range is kept too)."""
+        loop = self.loop
+        loop.n_evals += 1
+        value = scores.get(self.best_metric)
+        if value is None:
+            return False
+        low, high = loop.metric_range or (value, value)
+        loop.metric_range = [min(low, value), max(high, value)]
+        improved = loop.best_value is None or value > loop.best_value
         if improved:
-            loop.best_miou, loop.best_step = miou, loop.step
+            loop.best_value, loop.best_step, loop.best_reason = value, loop.step, "best_metric"
+            loop.best_miou = scores.get("miou")
         return improved
+
+    def _best_is_final(self) -> bool:
+        """When the criterion never moved (or never had a value), no evaluation chose anything: the first one
+        would be kept (step 100 of 1,430 on a binary line), so ``best`` becomes the final weights, said loudly."""
+        loop = self.loop
+        if self.data.evaluation is None:
+            loop.best_step, loop.best_reason = loop.step, "no evaluation"
+            return True
+        if loop.n_evals == 0:
+            return False  # stopped before any evaluation: keep what there is
+        if loop.metric_range is not None:
+            low, high = loop.metric_range
+            if loop.n_evals < 2 or high - low > 1e-9:
+                return False
+        log.warning("%s did not move over %d evaluations (%s): checkpoints/best holds the final weights (step %d), "
+                    "not the first evaluation's; set train.best_metric to a score that moves (e.g. over/miou, "
+                    "defect_iou)", self.best_metric, loop.n_evals, loop.metric_range, loop.step)
+        loop.best_step, loop.best_reason = loop.step, "final"
+        loop.best_miou = (loop.last_eval or {}).get("miou") if loop.last_eval_step == loop.step else None
+        return True
 
     def _save(self, *, last: bool, best: bool) -> None:
         if not (last or best):
@@ -423,16 +468,17 @@ class _Trainer:
         # Re-save last after a final evaluation even at an already saved step: its state must hold the scores
         # (a resume compares new evaluations with best_miou) and the log lines written since.
         if not self._partial_state:
-            self._save(last=evaluated or self._last_saved_step != loop.step,
-                       best=improved or self.data.evaluation is None)
+            final_best = not improved and self._best_is_final()
+            self._save(last=evaluated or final_best or self._last_saved_step != loop.step, best=improved or final_best)
         elapsed = self.clock.elapsed()
         self._event("end", reason=reason)
         log.info("stopped (%s) at step %d, epoch %d after %.1f s of training%s", reason, loop.step, loop.epoch,
-                 elapsed, "" if loop.best_miou is None else f"; best mIoU {loop.best_miou:.4f} at step "
-                 f"{loop.best_step}")
+                 elapsed, "" if loop.best_value is None else f"; best {self.best_metric} {loop.best_value:.4f} at "
+                 f"step {loop.best_step}")
         self._plot()
         return FitResult(run_dir=self.run_dir, step=loop.step, epoch=loop.epoch, stopped=reason, elapsed_s=elapsed,
-                         best_miou=loop.best_miou, best_step=loop.best_step, last_eval=loop.last_eval)
+                         best_miou=loop.best_miou, best_step=loop.best_step, last_eval=loop.last_eval,
+                         best_metric=self.best_metric, best_value=loop.best_value, best_reason=loop.best_reason)
 
     # -- what the loop calls ---------------------------------------------------------------------------
     def _state(self, rngs: list[dict[str, Any]]) -> dict[str, Any]:

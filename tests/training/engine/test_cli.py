@@ -106,7 +106,7 @@ def test_cli_trains_evaluates_and_reports(tmp_path, data, preset, capsys):
                  "--eval-data", str(data), "--set", "train.epochs=1",
                  "--out", str(out)])
     assert code == 0
-    assert "completed: step 6, epoch 1, best mIoU" in capsys.readouterr().out
+    assert "completed: step 6, epoch 1, best miou " in capsys.readouterr().out
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["data"]["eval"]["root"] == str(data) and config["data"]["eval"]["kind"] == "mask_folder"
     assert config["train"]["epochs"] == 1
