@@ -26,6 +26,7 @@ from export.pipeline import FORMATS, PRECISIONS, EngineOptions, ExportOptions, E
 from export.quantize import CALIBRATION_METHODS, Int8Options
 from export.tensorrt import FP16_MODES
 from export.verify import DEFAULT_THRESHOLDS, Thresholds
+from training.checkpoint import describe_checkpoint, find_checkpoint
 from training.errors import TrainingError
 from usseg_sdk.config import parse_size
 from usseg_sdk.errors import UssegError
@@ -174,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     """Export; 0 done, 1 verification failed (numbers printed), 2 bad input."""
     try:
+        print(f"checkpoint: {describe_checkpoint(find_checkpoint(args.source, prefer=args.checkpoint))}")
         result = export_checkpoint(args.source, options_from_args(args), prefer=args.checkpoint)
     except VerificationError as e:
         print(f"verification FAILED: {'; '.join(e.report.get('failures', []))}", file=sys.stderr)

@@ -229,6 +229,14 @@ class Checkpoint:
             raise CheckpointError(f"{file}: sha256 does not match the manifest (corrupted)")
         return data
 
+    def verify(self) -> Checkpoint:
+        """Read every file the manifest lists and check its size and sha256 (a CheckpointError names the first bad
+        one); returns ``self``."""
+        for name in self.manifest["files"]:
+            self.read_bytes(name)
+        _ = self.state
+        return self
+
     def has(self, name: str) -> bool:
         return name in self.manifest["files"]
 
@@ -372,7 +380,7 @@ class RunInfo:
     config: dict[str, Any]  # the resolved run config (method, method_config, data, train)
     step: int
     epoch: int
-    metrics: dict[str, Any]  # {"eval": last evaluation or None, "best_miou": ..., "best_step": ...}
+    metrics: dict[str, Any]  # state.json's metrics: eval, eval_step, best_step, best_metric, best_value, ...
     checkpoint_dir: Path
     run_dir: Path | None
     elapsed_s: float
@@ -397,6 +405,24 @@ def load_method(path: str | os.PathLike, *, device: str | torch.device = "cpu",
     return method, run_info(ckpt)
 
 
+def describe_checkpoint(ckpt: Checkpoint) -> str:
+    """One line for a person: which checkpoint, its step, and why it is the one, e.g. ``runs/a/checkpoints/best
+    (step 400, epoch 3): best over/miou 0.4123 (evaluation 4 of the run)``."""
+    state, m = ckpt.state, ckpt.state.get("metrics") or {}
+    head = f"{ckpt.path} (step {state['step']}, epoch {state['epoch']})"
+    metric, evaluation = m.get("best_metric"), m.get("eval") or {}
+    value = evaluation.get(metric) if metric and m.get("eval_step") == state["step"] else None
+    at_best = m.get("best_step") == state["step"]
+    if at_best and m.get("best_reason") == "final":
+        return (f"{head}: the final weights; {metric} did not move over {m.get('n_evals')} evaluations, so it could "
+                "not choose a best")
+    if at_best and m.get("best_reason") == "no evaluation":
+        return f"{head}: the final weights (no evaluation during training)"
+    if at_best and value is not None:
+        return f"{head}: best {metric} {value:.4f} (evaluation {m.get('n_evals')} of the run)"
+    return head + (f": {metric} {value:.4f}" if value is not None else "")
+
+
 def run_info(ckpt: Checkpoint) -> RunInfo:
     state = ckpt.state
     run_dir = ckpt.path.parent.parent if ckpt.path.parent.name == CHECKPOINTS_DIR else None
@@ -414,10 +440,30 @@ class LoopState:
     step: int = 0  # optimiser steps done
     epoch: int = 0  # current epoch (epochs completed)
     batch_in_epoch: int = 0  # global batches of the current epoch already trained on
-    best_miou: float | None = None
-    best_step: int | None = None
+    best_miou: float | None = None  # main-head mIoU of the evaluation that made ``best``
+    best_step: int | None = None  # step of the weights in checkpoints/best
     last_eval: dict[str, Any] | None = None
     last_eval_step: int | None = None
+    best_metric: str | None = None  # the criterion best is chosen by (train.best_metric, resolved)
+    best_value: float | None = None  # its highest value so far
+    metric_range: list[float] | None = None  # [lowest, highest] value of the criterion over the evaluations
+    n_evals: int = 0
+    best_reason: str | None = None  # "best_metric" | "final" (the criterion never moved) | "no evaluation"
+
+    def metrics(self) -> dict[str, Any]:
+        """What ``state.json`` holds under ``metrics``."""
+        return {"eval": self.last_eval, "eval_step": self.last_eval_step, "best_miou": self.best_miou,
+                "best_step": self.best_step, "best_metric": self.best_metric, "best_value": self.best_value,
+                "metric_range": self.metric_range, "n_evals": self.n_evals, "best_reason": self.best_reason}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], batch_in_epoch: int) -> LoopState:
+        m = state.get("metrics") or {}
+        return cls(step=int(state["step"]), epoch=int(state["epoch"]), batch_in_epoch=batch_in_epoch,
+                   best_miou=m.get("best_miou"), best_step=m.get("best_step"), last_eval=m.get("eval"),
+                   last_eval_step=m.get("eval_step"), best_metric=m.get("best_metric"),
+                   best_value=m.get("best_value"), metric_range=m.get("metric_range"),
+                   n_evals=int(m.get("n_evals") or 0), best_reason=m.get("best_reason"))
 
 
 @dataclass
@@ -432,13 +478,26 @@ class Resumed:
     rng: dict[str, Any] | None  # this rank's RNG states, restored after on_fit_start
 
 
-def resume_checkpoint(run_dir: Path) -> Checkpoint:
-    """``RUN/checkpoints/last``, or a CheckpointError saying there is nothing to resume."""
-    found = checkpoint_dir(run_dir, "last")
-    if found is None:
-        raise CheckpointError(f"{run_dir / CHECKPOINTS_DIR / 'last'}: no complete checkpoint to resume from (the "
-                              "run stopped before its first checkpoint; start it again)")
-    return open_checkpoint(found)
+def resume_checkpoint(run_dir: Path, *, warn: bool = True) -> Checkpoint:
+    """``RUN/checkpoints/last``, verified; when it is missing or damaged, ``best`` (a WARNING names both: the run
+    continues from the best step, the steps after it are trained again); else a CheckpointError saying there is
+    nothing to resume and why."""
+    problems = []
+    for name in ("last", "best"):
+        found = checkpoint_dir(run_dir, name)
+        if found is None:
+            problems.append(f"{run_dir / CHECKPOINTS_DIR / name} is missing or incomplete")
+            continue
+        try:
+            ckpt = open_checkpoint(found).verify()
+        except CheckpointError as e:
+            problems.append(str(e))
+            continue
+        if name == "best" and warn:
+            log.warning("cannot resume from %s: %s; resuming from %s (step %d) instead", run_dir / CHECKPOINTS_DIR /
+                        "last", problems[0], found, int(ckpt.state["step"]))
+        return ckpt
+    raise CheckpointError(f"{run_dir}: no complete checkpoint to resume from ({'; '.join(problems)})")
 
 
 def refuse_used_run_dir(run_dir: Path) -> None:
@@ -463,8 +522,7 @@ def run_state(*, config: dict[str, Any], loop: LoopState, elapsed_s: float, step
         "batch_size": batch_size,
         "world_size": world_size,
         "elapsed_s": elapsed_s,
-        "metrics": {"eval": loop.last_eval, "eval_step": loop.last_eval_step, "best_miou": loop.best_miou,
-                    "best_step": loop.best_step},
+        "metrics": loop.metrics(),
         "extra_state": extra_state,
         "rng": rngs,
         "scaler": scaler,
@@ -495,11 +553,7 @@ def restore_run(ckpt: Checkpoint, *, config: dict[str, Any], method: Method,
         raise CheckpointError(f"{ckpt.path / OPTIMIZER_SKELETON}: does not fit the method's optimizer: {e}") from e
     if scaler.is_enabled() and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
-    metrics = state.get("metrics") or {}
-    loop = LoopState(step=int(state["step"]), epoch=int(state["epoch"]),
-                     batch_in_epoch=_batch_position(state, batch_size, world_size),
-                     best_miou=metrics.get("best_miou"), best_step=metrics.get("best_step"),
-                     last_eval=metrics.get("eval"), last_eval_step=metrics.get("eval_step"))
+    loop = LoopState.from_state(state, _batch_position(state, batch_size, world_size))
     log_state = state.get("log") or {}
     return Resumed(checkpoint=ckpt, loop=loop, elapsed_s=float(state.get("elapsed_s", 0.0)),
                    log_lines=int(log_state.get("lines", 0)),

@@ -18,7 +18,9 @@ predictions on the labelled split are streamed into one cluster confusion per he
 ``--data DIR`` is read as a ``mask_folder`` when ``DIR/images`` exists (``DIR/masks`` makes it labelled), else
 as a ``folder`` of images; ``--data-spec`` / ``--eval-spec`` give full dataset specs (JSON or YAML) instead.
 Without ``--eval-data`` / ``--eval-spec`` the labelled ``--data`` is evaluated (the fit and evaluation images are
-then the same, IIC's "IID" setting).
+then the same, IIC's "IID" setting). ``--split-file`` is the split file of ``--data``: it selects the fitted images
+(``--fit-split``) and, only when ``--data`` is also the scored folder, the scored ones (``--eval-split``,
+``--calibration-split``); a separate ``--eval-data`` folder takes its own ``--eval-split-file``.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ def _specs(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], di
         fit = spec_for_folder(args.data)
     else:
         raise ConfigError("give the images to fit on: --data DIR or --data-spec FILE")
+    own_eval = not (args.eval_spec or args.eval_data)  # the labelled --data itself is scored
     if args.eval_spec:
         evaluation = read_spec(args.eval_spec)
         if args.eval_data:
@@ -93,19 +96,28 @@ def _specs(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], di
     elif args.eval_data:
         evaluation = spec_for_folder(args.eval_data)
     else:
-        evaluation = {k: v for k, v in fit.items() if k not in ("split", "ids")}
+        evaluation = {k: v for k, v in fit.items() if k not in ("split", "split_file", "ids")}
     channels = channels_of(args, fit)
     fit = {**with_split(fit, args.split_file, args.fit_split), "channels": channels, "crop": None}  # whole images
     labelled: dict[str, Any] = {"channels": channels}  # what the labelled specs share
     if args.class_names:
         labelled["class_names"] = [s.strip() for s in args.class_names.split(",") if s.strip()]
-    evaluation = {**with_split(evaluation, args.split_file, args.eval_split), **labelled}
+    # --split-file belongs to --data: a separate evaluation folder has its own ids (--eval-split-file)
+    eval_split_file = args.eval_split_file or (args.split_file if own_eval else None)
+    evaluation = {**_labelled_split(evaluation, eval_split_file, args.eval_split), **labelled}
     calibration = None
     if args.calibration_spec:
         calibration = {**read_spec(args.calibration_spec), **labelled}
     elif args.calibration_split:
-        calibration = with_split(evaluation, args.split_file, args.calibration_split)
+        calibration = _labelled_split(evaluation, eval_split_file, args.calibration_split)
     return fit, evaluation, calibration
+
+
+def _labelled_split(spec: dict[str, Any], split_file: str | None, split: str | None) -> dict[str, Any]:
+    """A JSON split file only selects a labelled split when one is named (the fit split is not the scored one)."""
+    if split is None and split_file is not None and Path(split_file).suffix.lower() == ".json":
+        split_file = None
+    return with_split(spec, split_file, split)
 
 
 def channels_of(args: argparse.Namespace, fit_spec: Mapping[str, Any]) -> int:
@@ -136,7 +148,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-spec", metavar="FILE", help="dataset spec (JSON/YAML) of the labelled images")
     parser.add_argument("--calibration-spec", metavar="FILE",
                         help="dataset spec of labelled images the cluster -> class mapping is fitted on")
-    parser.add_argument("--split-file", metavar="FILE", help="JSON split file for mask_folder data")
+    parser.add_argument("--split-file", metavar="FILE",
+                        help="JSON split file (or id list) of --data: --fit-split selects the images fitted on, and "
+                             "when --data is also scored, --eval-split / --calibration-split the labelled ones")
+    parser.add_argument("--eval-split-file", metavar="FILE",
+                        help="split file of --eval-data (default: none, every image; EVAL/splits.json with "
+                             "--eval-split alone)")
     parser.add_argument("--fit-split", metavar="NAME", help="split of --data to fit on (e.g. train)")
     parser.add_argument("--eval-split", metavar="NAME", help="split to score (e.g. eval)")
     parser.add_argument("--calibration-split", metavar="NAME",

@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from training.data.image_dataset import ImageDataset
-from training.data.registry import build_dataset, dataset_config, dataset_kinds
+from training.data.registry import build_dataset, dataset_config, dataset_kinds, get_dataset_class
 from training.errors import ConfigError
 from training.methods.base import MethodConfig, config_from_dict, config_to_dict, get_method_class
 from training.nets.input_adapter import migrate_legacy_keys
@@ -58,6 +58,8 @@ class TrainConfig:
     warmup_steps: int = 0  # linear warm-up from 0 to the method's lr
     eval_every: int = 1  # evaluate every N epochs (0: only at the end); needs data.eval
     eval_every_steps: int = 0  # also evaluate every N optimiser steps (0: off)
+    eval_max_fraction: float | None = 0.25  # skip periodic evaluations while they took more of the run; null = off
+    best_metric: str = "auto"  # eval score checkpoints/best maximises: auto | miou | defect_iou | over/miou | ...
     checkpoint_every_steps: int = 0  # also write checkpoints/last every N steps (0: at epoch ends only)
     log_every: int = 10  # one train line in metrics.jsonl per N steps (means over the window)
     deterministic: bool = False  # torch.use_deterministic_algorithms + no cudnn autotuning (CPU runs are anyway)
@@ -77,6 +79,8 @@ class TrainConfig:
             raise ConfigError(f"train.max_steps must be >= 1 or null, got {self.max_steps}")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ConfigError(f"train.time_budget_s must be > 0 or null, got {self.time_budget_s}")
+        if self.eval_max_fraction is not None and not 0 < self.eval_max_fraction <= 1:
+            raise ConfigError(f"train.eval_max_fraction must be in (0, 1] or null, got {self.eval_max_fraction}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ConfigError(f"train.grad_clip must be > 0 or null, got {self.grad_clip}")
         _one_of("amp_dtype", self.amp_dtype, ("bfloat16", "float16"))
@@ -219,11 +223,13 @@ class RunConfig:
 
 
 def resolve_run_config(raw: Mapping[str, Any], *, overrides: Sequence[str] = (), data: str | None = None,
-                       eval_data: str | None = None) -> RunConfig:
+                       eval_data: str | None = None, split: str | None = None,
+                       eval_split: str | None = None) -> RunConfig:
     """Resolve ``raw`` (a preset, a saved config, a library caller's dict) with the ``--data`` / ``--eval-data``
-    roots and then the ``--set`` overrides applied. Unknown keys raise ConfigError listing the valid ones."""
+    folders (and ``--split`` / ``--eval-split``, see :func:`with_data_roots`) and then the ``--set`` overrides
+    applied. Unknown keys raise ConfigError listing the valid ones."""
     raw = copy.deepcopy(dict(raw))
-    _set_data_roots(raw, data, eval_data)
+    _set_data_roots(raw, data, eval_data, split, eval_split)
     for text in overrides:
         set_dotted(raw, *parse_override(text))
     unknown = sorted(set(raw) - set(TOP_LEVEL_KEYS))
@@ -300,27 +306,81 @@ def _data_spec(name: str, spec: Any) -> DataSpec | None:
     return DataSpec(spec, train, cls, config)
 
 
-def with_data_roots(raw: dict[str, Any], train_root: str | None, eval_root: str | None) -> dict[str, Any]:
-    """Return a copy of ``raw`` with ``--data`` / ``--eval-data`` applied (see :func:`_set_data_roots`)."""
+# What a preset's dataset spec keeps when --data / --eval-data replace its dataset by a plain folder: how images are
+# read and cut (the preset's crop and channels), not which dataset or split they come from.
+IMAGE_KEYS = ("channels", "crop", "crop_mode", "eval_crop", "scale", "short_side", "seed", "max_value")
+PLAIN_CHANNELS = (1, 3)
+
+
+def with_data_roots(raw: dict[str, Any], train_root: str | None, eval_root: str | None, *, split: str | None = None,
+                    eval_split: str | None = None) -> dict[str, Any]:
+    """Return a copy of ``raw`` with ``--data`` / ``--eval-data`` (and ``--split`` / ``--eval-split``) applied (see
+    :func:`_set_data_roots`)."""
     raw = copy.deepcopy(raw)
-    _set_data_roots(raw, train_root, eval_root)
+    _set_data_roots(raw, train_root, eval_root, split, eval_split)
     return raw
 
 
-def _set_data_roots(raw: dict[str, Any], train_root: str | None, eval_root: str | None) -> None:
-    """An eval root without an eval spec becomes a labelled ``mask_folder`` with the training spec's channels
-    (the layout of the bundled sample)."""
-    data = raw.setdefault("data", {}) or {}
+def _set_data_roots(raw: dict[str, Any], train_root: str | None, eval_root: str | None, split: str | None = None,
+                    eval_split: str | None = None) -> None:
+    """``--data DIR``: a plain recursive ``folder`` of frames with the preset's crop/channels (whatever dataset the
+    preset names); ``--eval-data DIR``: a labelled ``mask_folder`` (DIR/images + DIR/masks, class names from
+    DIR/labels.txt) with the preset's channels. A split (``--split`` / ``--eval-split``) asks for the preset's own
+    dataset spec instead, as written (NEU-Seg with its split file for the ``*_neu`` presets), with that split."""
+    data = raw.get("data") or {}
     raw["data"] = data
-    if train_root is not None:
-        set_dotted(raw, ["data", "train", "root"], str(train_root))
-    if eval_root is not None:
-        if not data.get("eval"):
-            train = data.get("train") or {}
-            data["eval"] = {"kind": "mask_folder"}
-            if "channels" in train:
-                data["eval"]["channels"] = train["channels"]
-        data["eval"]["root"] = str(eval_root)
+    train = data.get("train")
+    if train_root is not None or split is not None:
+        data["train"] = _train_spec(train, train_root, split)
+    if eval_root is not None or eval_split is not None:
+        data["eval"] = _eval_spec(data.get("eval"), train, eval_root, eval_split)
+
+
+def _train_spec(preset: Any, root: str | None, split: str | None) -> dict[str, Any]:
+    if split is not None:
+        return _with_split(preset, root, split, "data.train", "--split")
+    spec = {"kind": "folder", **_image_keys(preset, train=True), "root": str(root)}
+    if spec.get("channels", 3) not in PLAIN_CHANNELS:
+        raise ConfigError(f"--data reads a plain folder of grey or colour frames, but the preset's data.train reads "
+                          f"{spec['channels']} channels (kind {preset.get('kind')!r}): to read {root} as that "
+                          "dataset, give --set data.train.root=DIR instead")
+    return spec
+
+
+def _eval_spec(preset: Any, train: Any, root: str | None, split: str | None) -> dict[str, Any]:
+    if split is not None:
+        base = preset or {"kind": "mask_folder", **_channels(train)}
+        return _with_split(base, root, split, "data.eval", "--eval-split")
+    keys = _image_keys(preset, train=False) if preset else _channels(train)
+    return {"kind": "mask_folder", **keys, "root": str(root)}
+
+
+def _with_split(preset: Any, root: str | None, split: str, where: str, flag: str) -> dict[str, Any]:
+    spec = dict(preset or {"kind": "mask_folder"})
+    kind = spec.get("kind")
+    if kind in dataset_kinds() and "split" not in {f.name for f in dataclasses.fields(
+            get_dataset_class(kind).config_class)}:
+        raise ConfigError(f"{flag} {split}: the preset's {where} is kind {kind!r}, which has no splits")
+    if root is not None:
+        spec["root"] = str(root)
+    spec["split"] = split
+    return spec
+
+
+def _image_keys(spec: Any, *, train: bool) -> dict[str, Any]:
+    """The :data:`IMAGE_KEYS` of ``spec``, with the defaults its kind derives from other keys (a protocol)."""
+    if not isinstance(spec, dict):
+        return {}
+    values = dict(spec)
+    kind = values.pop("kind", None)
+    if kind in dataset_kinds():
+        cls = get_dataset_class(kind)
+        values = {**cls.default_values(values, train=train), **values}
+    return {k: values[k] for k in IMAGE_KEYS if k in values}
+
+
+def _channels(spec: Any) -> dict[str, Any]:
+    return {"channels": spec["channels"]} if isinstance(spec, dict) and "channels" in spec else {}
 
 
 def dump_config(config: dict[str, Any]) -> str:

@@ -52,12 +52,12 @@ from training.distributed import (
     shutdown_distributed,
 )
 from training.errors import ConfigError, TrainingError
-from training.evaluation import cluster_confusions, score_confusions
-from training.loaders import RunLoaders, seed_everything
+from training.evaluation import EvaluationInterrupted, best_metric_name, cluster_confusions, score_confusions
+from training.loaders import HookInterrupted, RunLoaders, StoppableLoader, seed_everything
 from training.methods.base import FitContext, Method, build_method
 from training.metrics_log import MetricsLog, StepWindow
 from training.plots import plot_curves
-from training.stopwatch import Stopwatch
+from training.stopwatch import EvalBudget, Stopwatch
 
 log = logging.getLogger(__name__)
 
@@ -77,13 +77,19 @@ class FitResult:
     epoch: int
     stopped: str  # completed | max_steps | time_budget | interrupted
     elapsed_s: float  # training wall-clock (evaluation and checkpoint writing excluded)
-    best_miou: float | None = None
+    best_miou: float | None = None  # main-head mIoU of the evaluation that chose checkpoints/best
     best_step: int | None = None
     last_eval: dict[str, Any] | None = None
+    best_metric: str | None = None  # the criterion (train.best_metric resolved)
+    best_value: float | None = None
+    best_reason: str | None = None  # best_metric | final (the criterion never moved) | no evaluation
 
 
 class Progress(Protocol):
-    """What the engine reports to a progress display (the CLI's tqdm bar); only rank 0 reports."""
+    """What the engine reports to a progress display (the CLI's tqdm bar or progress lines); only rank 0 reports.
+    ``step`` values: ``loss``, ``lr``, ``images`` (global batch), ``step`` (optimiser steps done). A display may
+    also have ``begin(total_steps, step, time_left_s)``, called once before the first step (``time_left_s``: what
+    is left of ``train.time_budget_s``, or None), for an ETA."""
 
     def epoch_start(self, epoch: int, total_batches: int, done_batches: int) -> None: ...
 
@@ -145,7 +151,7 @@ class _Trainer:
         self.config, self.cfg, self.env, self.device, self.should_stop = config, config.train, env, device, should_stop
         self.progress = progress if env.is_main else None
         self.run_dir = Path(broadcast_object(str(run_dir), env))
-        resume_from = ckpt_io.resume_checkpoint(self.run_dir) if resume else None
+        resume_from = ckpt_io.resume_checkpoint(self.run_dir, warn=env.is_main) if resume else None
         if not resume:
             ckpt_io.refuse_used_run_dir(self.run_dir)
         self.precision = _Precision.setup(self.cfg, device)
@@ -155,14 +161,21 @@ class _Trainer:
         for group in self.optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
         self.data = _loaders(config, self.method, device, env, train_dataset, eval_dataset)
+        self.best_metric = best_metric_name(self.cfg.best_metric, self.method.eval_heads(), self.data.n_classes)
         self.metrics = MetricsLog(self.run_dir / METRICS_FILE, enabled=env.is_main)
         self.resumed = resumed = None if resume_from is None else self._restore(resume_from)
         self.loop = resumed.loop if resumed else ckpt_io.LoopState()
+        self._set_best_metric()
         self.window = resumed.window if resumed else StepWindow()
         self.clock = Stopwatch(resumed.elapsed_s if resumed else 0.0)
+        self.eval_budget = EvalBudget(self.cfg.eval_max_fraction, self.clock)
+        # Stop requests inside an evaluation or an epoch pass: one process only (under DDP every rank would have to
+        # agree on the batch; there the run stops at the next step boundary)
+        self._stop_inside = should_stop if should_stop is not None and not env.enabled else _never
+        self.aux = StoppableLoader(self.data.aux, self._stop_inside)
         self.model = _wrap_ddp(self.method, env, device, self.cfg)
         self.ctx = FitContext(device=device, epoch=self.loop.epoch, step=self.loop.step,
-                              train_loader=self.data.aux, rank=env.rank, world_size=env.world_size,
+                              train_loader=self.aux, rank=env.rank, world_size=env.world_size,
                               amp=self.precision.amp, log=self._hook_log, epochs=self.cfg.epochs,
                               steps_per_epoch=self.data.steps_per_epoch, total_steps=self.data.total_steps,
                               run_dir=self.run_dir,
@@ -171,6 +184,16 @@ class _Trainer:
             self.model.module.ctx = self.ctx
         self._last_saved_step = self.loop.step if resumed else -1
         self._warned_main_matching = False
+        self._interrupted_inside = False  # an evaluation or epoch pass ended early on a stop request
+        self._partial_state = False  # ... an epoch pass: the method's state is half updated, never saved
+
+    def _set_best_metric(self) -> None:
+        loop = self.loop
+        if loop.best_metric not in (None, self.best_metric):
+            log.warning("checkpoints/best was chosen by %s, this run chooses by %s: its next evaluation starts "
+                        "the comparison again", loop.best_metric, self.best_metric)
+            loop.best_value = loop.metric_range = None
+        loop.best_metric = self.best_metric
 
     def _restore(self, ckpt: ckpt_io.Checkpoint) -> ckpt_io.Resumed:
         resumed = ckpt_io.restore_run(ckpt, config=self.config.to_dict(), method=self.method,
@@ -199,6 +222,14 @@ class _Trainer:
             if self.resumed is not None and self.resumed.rng is not None:
                 # after on_fit_start: randomness drawn there cannot shift the run
                 ckpt_io.restore_rng(self.resumed.rng, self.device)
+            if self.resumed is None:
+                # step 0 is a checkpoint too: a run killed before its first periodic one (epoch passes, slow
+                # first steps) can still be resumed, and repeats the uninterrupted run from here
+                self._save(last=True, best=False)
+            begin = getattr(self.progress, "begin", None)
+            if begin is not None:
+                budget = self.cfg.time_budget_s
+                begin(self.data.total_steps, self.loop.step, None if budget is None else budget - self.clock.elapsed())
             stopped = self._stop_reason(time_up=False, interrupt=False)
             while stopped is None and self.loop.epoch < self.cfg.epochs:
                 stopped = self._run_epoch()
@@ -214,8 +245,8 @@ class _Trainer:
         # Also after a mid-epoch resume: on_epoch_end passes (PiCIE's centroid refit) read ctx.train_loader.
         data.aux_sampler.set_epoch(loop.epoch)
         ctx.epoch = loop.epoch
-        if loop.batch_in_epoch == 0:
-            self.method.on_epoch_start(ctx)
+        if loop.batch_in_epoch == 0 and not self._epoch_start_hook():
+            return "interrupted"
         if self.progress is not None:
             self.progress.epoch_start(loop.epoch, data.steps_per_epoch, loop.batch_in_epoch)
         stopped = None
@@ -229,7 +260,23 @@ class _Trainer:
             self.progress.epoch_end()
         if loop.batch_in_epoch >= data.steps_per_epoch:
             self._end_epoch()
-        return stopped
+        return stopped or ("interrupted" if self._interrupted_inside else None)
+
+    def _epoch_start_hook(self) -> bool:
+        """``on_epoch_start``; False when a stop request ended its pass over ``ctx.train_loader`` early. Its half
+        updated state is not saved: ``last`` already holds this very position (written at step 0, at the end of
+        the previous epoch, or resumed from), and a resume runs the hook again."""
+        self.aux.armed = True
+        try:
+            self.method.on_epoch_start(self.ctx)
+        except HookInterrupted:
+            log.warning("stop requested during the epoch %d pass of on_epoch_start: stopping; the run resumes from "
+                        "step %d and repeats the pass", self.loop.epoch, self.loop.step)
+            self._interrupted_inside = self._partial_state = True
+            return False
+        finally:
+            self.aux.armed = False
+        return True
 
     def _train_step(self, batch: dict[str, Any]) -> dict[str, bool]:
         loop, ctx, cfg, scaler = self.loop, self.ctx, self.cfg, self.precision.scaler
@@ -264,7 +311,7 @@ class _Trainer:
         self.window.add(values)
         if self.progress is not None:
             self.progress.step({"loss": values["loss"], "lr": self.optimizer.param_groups[0]["lr"],
-                                "images": cfg.batch_size * self.env.world_size})
+                                "images": cfg.batch_size * self.env.world_size, "step": loop.step})
         return flags
 
     def _reduce_step_values(self, loss: torch.Tensor, logs: dict[str, Any]) -> tuple[dict[str, float],
@@ -290,7 +337,7 @@ class _Trainer:
         if loop.step % cfg.log_every == 0:
             self._write_train_line()
         improved = False
-        if cfg.eval_every_steps and loop.step % cfg.eval_every_steps == 0:
+        if cfg.eval_every_steps and loop.step % cfg.eval_every_steps == 0 and self._eval_allowed():
             improved = self._evaluate()
         periodic = bool(cfg.checkpoint_every_steps) and loop.step % cfg.checkpoint_every_steps == 0
         if periodic or improved:
@@ -298,7 +345,7 @@ class _Trainer:
         # A single process decides at once; under DDP the all-reduced flag of the next step decides for all.
         budget_spent = (not self.env.enabled and cfg.time_budget_s is not None
                         and self.clock.elapsed() >= cfg.time_budget_s)
-        return self._stop_reason(time_up=time_up or budget_spent, interrupt=interrupt)
+        return self._stop_reason(time_up=time_up or budget_spent, interrupt=interrupt or self._interrupted_inside)
 
     def _stop_reason(self, *, time_up: bool, interrupt: bool) -> str | None:
         if self.cfg.max_steps is not None and self.loop.step >= self.cfg.max_steps:
@@ -316,32 +363,83 @@ class _Trainer:
         loop.batch_in_epoch = 0
         self.ctx.epoch = loop.epoch
         every = self.cfg.eval_every
-        improved = self._evaluate() if every and loop.epoch % every == 0 else False
+        improved = self._evaluate() if every and loop.epoch % every == 0 and self._eval_allowed() else False
         self._save(last=True, best=improved)
+
+    def _eval_allowed(self) -> bool:
+        """Periodic evaluations stay within ``train.eval_max_fraction`` of the run's time (rank 0 decides)."""
+        if self.data.evaluation is None:
+            return False
+        allowed = bool(broadcast_object(self.eval_budget.allows(), self.env))
+        if not allowed:
+            share = self.eval_budget.share()
+            log.info("skipping the evaluation at step %d: evaluations took %.0f %% of the run so far "
+                     "(train.eval_max_fraction %s)", self.loop.step, 100 * share, self.cfg.eval_max_fraction)
+            self._event("eval_skipped", eval_share=round(share, 4))
+        return allowed
 
     def _evaluate(self) -> bool:
         """Score the eval split; returns whether the main-head mIoU improved on the best so far."""
         if self.data.evaluation is None:
             return False
         loop = self.loop
-        with self.clock.paused():
+        with self.clock.paused(), self.eval_budget.measure():
             self._sync_buffers()
-            counts = cluster_confusions(self.method, self.data.evaluation, device=self.device,
-                                        n_classes=self.data.n_classes, autocast=self.precision.autocast)
+            try:
+                counts = cluster_confusions(self.method, self.data.evaluation, device=self.device,
+                                            n_classes=self.data.n_classes, autocast=self.precision.autocast,
+                                            should_stop=self._stop_inside)
+            except EvaluationInterrupted:
+                log.warning("stop requested during the evaluation at step %d: stopping without its scores", loop.step)
+                self._interrupted_inside = True
+                return False
             for matrix in counts.values():
                 all_reduce_sum_(matrix, self.env)
             scores = score_confusions(counts, class_names=self.data.class_names,
                                       warn=not self._warned_main_matching)
             self._warned_main_matching = True
         loop.last_eval, loop.last_eval_step = scores, loop.step
-        self._write("eval", scores)
-        miou = scores.get("miou")
-        log.info("eval at step %d: mIoU %s, pixel accuracy %s", loop.step, _fmt(miou),
-                 _fmt(scores["pixel_accuracy"]))
-        improved = miou is not None and (loop.best_miou is None or miou > loop.best_miou)
+        self._write("eval", {**scores, "eval_s": round(self.eval_budget.last_s, 3),
+                             "eval_share": round(self.eval_budget.share(), 4)})
+        criterion = "" if self.best_metric == "miou" else f", {self.best_metric} {_fmt(scores.get(self.best_metric))}"
+        log.info("eval at step %d: mIoU %s, pixel accuracy %s%s", loop.step, _fmt(scores.get("miou")),
+                 _fmt(scores["pixel_accuracy"]), criterion)
+        return self._track_best(scores)
+
+    def _track_best(self, scores: dict[str, Any]) -> bool:
+        """Whether the criterion (``train.best_metric``) improved on the best so far (its range is kept too)."""
+        loop = self.loop
+        loop.n_evals += 1
+        value = scores.get(self.best_metric)
+        if value is None:
+            return False
+        low, high = loop.metric_range or (value, value)
+        loop.metric_range = [min(low, value), max(high, value)]
+        improved = loop.best_value is None or value > loop.best_value
         if improved:
-            loop.best_miou, loop.best_step = miou, loop.step
+            loop.best_value, loop.best_step, loop.best_reason = value, loop.step, "best_metric"
+            loop.best_miou = scores.get("miou")
         return improved
+
+    def _best_is_final(self) -> bool:
+        """When the criterion never moved (or never had a value), no evaluation chose anything: the first one
+        would be kept (step 100 of 1,430 on a binary line), so ``best`` becomes the final weights, said loudly."""
+        loop = self.loop
+        if self.data.evaluation is None:
+            loop.best_step, loop.best_reason = loop.step, "no evaluation"
+            return True
+        if loop.n_evals == 0:
+            return False  # stopped before any evaluation: keep what there is
+        if loop.metric_range is not None:
+            low, high = loop.metric_range
+            if loop.n_evals < 2 or high - low > 1e-9:
+                return False
+        log.warning("%s did not move over %d evaluations (%s): checkpoints/best holds the final weights (step %d), "
+                    "not the first evaluation's; set train.best_metric to a score that moves (e.g. over/miou, "
+                    "defect_iou)", self.best_metric, loop.n_evals, loop.metric_range, loop.step)
+        loop.best_step, loop.best_reason = loop.step, "final"
+        loop.best_miou = (loop.last_eval or {}).get("miou") if loop.last_eval_step == loop.step else None
+        return True
 
     def _save(self, *, last: bool, best: bool) -> None:
         if not (last or best):
@@ -364,20 +462,23 @@ class _Trainer:
     def _finish(self, reason: str) -> FitResult:
         loop = self.loop
         improved = evaluated = False
-        if self.data.evaluation is not None and loop.last_eval_step != loop.step:
+        # A stop request skips the final evaluation: it must take seconds (the next run evaluates)
+        if self.data.evaluation is not None and loop.last_eval_step != loop.step and reason != "interrupted":
             improved, evaluated = self._evaluate(), True
         # Re-save last after a final evaluation even at an already saved step: its state must hold the scores
         # (a resume compares new evaluations with best_miou) and the log lines written since.
-        self._save(last=evaluated or self._last_saved_step != loop.step,
-                   best=improved or self.data.evaluation is None)
+        if not self._partial_state:
+            final_best = not improved and self._best_is_final()
+            self._save(last=evaluated or final_best or self._last_saved_step != loop.step, best=improved or final_best)
         elapsed = self.clock.elapsed()
         self._event("end", reason=reason)
         log.info("stopped (%s) at step %d, epoch %d after %.1f s of training%s", reason, loop.step, loop.epoch,
-                 elapsed, "" if loop.best_miou is None else f"; best mIoU {loop.best_miou:.4f} at step "
-                 f"{loop.best_step}")
+                 elapsed, "" if loop.best_value is None else f"; best {self.best_metric} {loop.best_value:.4f} at "
+                 f"step {loop.best_step}")
         self._plot()
         return FitResult(run_dir=self.run_dir, step=loop.step, epoch=loop.epoch, stopped=reason, elapsed_s=elapsed,
-                         best_miou=loop.best_miou, best_step=loop.best_step, last_eval=loop.last_eval)
+                         best_miou=loop.best_miou, best_step=loop.best_step, last_eval=loop.last_eval,
+                         best_metric=self.best_metric, best_value=loop.best_value, best_reason=loop.best_reason)
 
     # -- what the loop calls ---------------------------------------------------------------------------
     def _state(self, rngs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -541,6 +642,10 @@ class _StepModule(nn.Module):
 
 def _identity(t: torch.Tensor) -> torch.Tensor:
     return t
+
+
+def _never() -> bool:
+    return False
 
 
 def _split_output(out: Any, method: str) -> tuple[torch.Tensor, dict[str, Any]]:

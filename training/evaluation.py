@@ -64,11 +64,18 @@ def _stride(method: Any) -> int:
         return 1
 
 
+class EvaluationInterrupted(Exception):
+    """``should_stop`` said stop between two batches of an evaluation; its counts are incomplete."""
+
+
 @torch.no_grad()
 def cluster_confusions(method: Any, loader: Iterable[dict[str, torch.Tensor]], *, device: torch.device,
                        n_classes: int, autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
-                       ) -> dict[str, torch.Tensor]:
-    """Head name -> int64 (K_head, n_classes) confusion of this process's share of the labelled split."""
+                       should_stop: Callable[[], bool] | None = None) -> dict[str, torch.Tensor]:
+    """Head name -> int64 (K_head, n_classes) confusion of this process's share of the labelled split.
+
+    ``should_stop`` is polled before every batch: an evaluation of large frames takes minutes, a stop request
+    (Ctrl-C) must not wait for it (:class:`EvaluationInterrupted`)."""
     heads = method.eval_heads()
     stride = _stride(method)
     was_training = method.training
@@ -77,6 +84,8 @@ def cluster_confusions(method: Any, loader: Iterable[dict[str, torch.Tensor]], *
         nets = {name: method.inference_net(name) for name in heads}
         counts = {name: torch.zeros(k, n_classes, dtype=torch.int64, device=device) for name, k in heads.items()}
         for batch in loader:
+            if should_stop is not None and should_stop():
+                raise EvaluationInterrupted
             if "label" not in batch:
                 from training.errors import DataError
 
@@ -115,8 +124,29 @@ def score_confusions(counts: dict[str, torch.Tensor], *, class_names: list[str] 
         else:
             out[f"{name}/miou"] = _float(scores.miou)
             out[f"{name}/pixel_accuracy"] = _float(scores.pixel_accuracy)
+            out[f"{name}/defect_iou"] = _float(scores.defect_iou)
     out["pixels"] = int(next(iter(counts.values())).sum().item()) if counts else 0
     return out
+
+
+def best_metric_name(wanted: str, heads: Mapping[str, int], n_classes: int) -> str:
+    """The score ``checkpoints/best`` is chosen by (``train.best_metric``). ``auto``: the main head's mIoU when it
+    is matched one-to-one (as many classes as clusters or more); when the labelled split has fewer classes (a
+    binary line: 2 classes, K = 4) its many-to-one mIoU hardly moves (every cluster maps to the background), so
+    the over-clustering head's mIoU, or without one the main head's defect IoU."""
+    names = ["miou", "pixel_accuracy", "defect_iou"]
+    names += [f"{head}/{score}" for head in heads if head != "main" for score in ("miou", "pixel_accuracy",
+                                                                                  "defect_iou")]
+    if wanted != "auto":
+        if wanted not in names:
+            from training.errors import ConfigError
+
+            raise ConfigError(f"train.best_metric {wanted!r} is not a score of this method; valid: auto, "
+                              f"{', '.join(names)}")
+        return wanted
+    if matching_mode(heads["main"], n_classes) == "hungarian":
+        return "miou"
+    return "over/miou" if "over" in heads else "defect_iou"
 
 
 def _float(value: Any) -> float | None:

@@ -213,6 +213,35 @@ class RunLoaders:
                    class_names=class_names, n_classes=len(class_names) if class_names else main_clusters)
 
 
+class HookInterrupted(Exception):
+    """A stop was requested while an epoch hook iterated :class:`StoppableLoader` (its pass is incomplete)."""
+
+
+class StoppableLoader:
+    """``ctx.train_loader``: the aux loader; while ``armed``, a requested stop ends a hook's pass between two
+    batches (:class:`HookInterrupted`), so Ctrl-C during PiCIE's k-means over the training set takes seconds,
+    not the whole pass. Everything else (``len``, ``.dataset``) is the loader's."""
+
+    def __init__(self, loader: DataLoader, should_stop: Any):
+        self.loader = loader
+        self.should_stop = should_stop
+        self.armed = False
+
+    def __iter__(self) -> Iterator[Any]:
+        for batch in self.loader:
+            if self.armed and self.should_stop():
+                raise HookInterrupted
+            yield batch
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "loader":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.loader, name)
+
+
 # -- whole images in order: fitting and scoring the baselines ----------------------------------------------------
 def image_loader(dataset: Dataset, *, batch_size: int, num_workers: int = 0, limit: int | None = None,
                  seed: int = 0) -> DataLoader:

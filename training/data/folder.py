@@ -4,9 +4,12 @@ Every file under ``root`` (recursively by default) whose suffix is one of ``exte
 names starting with '.' are skipped), in sorted order of the relative path, so indices are stable across
 machines. Grey or colour, 8-bit or 16-bit (see ``training.data.image_io`` for the scaling).
 
-Sub-folders named like label folders (``exclude_dirs``: masks, labels, annotations, ...) are not read, so
-pointing ``root`` at an image+mask tree (NEU-Seg's ``images/`` + ``masks/``) trains on the images only; the
-skipped folders are logged.
+Label maps are not frames: sub-folders named like label folders (``exclude_dirs``: masks, labels, annotations,
+...) are not read, so pointing ``root`` at an image+mask tree (NEU-Seg's ``images/`` + ``masks/``) trains on the
+images only, and files whose stem ends with a mask suffix (``mask_suffixes``: ``frame_mask.png``,
+``frame-label.png``, ``frame_gt.png``, ...; case-insensitive) are left out, so masks saved beside their frames do
+not double an epoch. What was left out is logged; frames and masks that share a stem and differ only in suffix
+(``f.jpg`` + ``f.png``) cannot be told apart by name: a WARNING suggests ``extensions``.
 
 Unreadable files: with ``on_error: raise`` (default) the dataset refuses to build and names the first one;
 with ``on_error: skip`` they are left out and counted in one WARNING log line. The check at build time reads
@@ -29,12 +32,16 @@ from training.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
 
+# What label maps saved beside their frames are commonly called (frame_mask.png, frame-label.png, frame_GT.png)
+MASK_SUFFIXES = ("mask", "masks", "label", "labels", "gt", "groundtruth", "annotation", "seg", "segmentation")
+
 
 @dataclass
 class FolderConfig(DatasetConfig):
     extensions: tuple[str, ...] = IMAGE_EXTENSIONS  # file suffixes that count as images (with the dot)
     recursive: bool = True  # also look in sub-folders
-    exclude_dirs: tuple[str, ...] = ("masks", "labels", "annotations", "ann_dir", "gt", "groundtruth")
+    exclude_dirs: tuple[str, ...] = ("masks", "mask", "labels", "label", "annotations", "ann_dir", "gt", "groundtruth")
+    mask_suffixes: tuple[str, ...] = MASK_SUFFIXES  # stems ending so (after _ or -) are label maps, not frames
     on_error: str = "raise"  # unreadable files: "raise" (DataError naming the file) or "skip" (logged count)
     max_value: float | None = None  # pixel value that maps to 1.0; null = 255 (8-bit) / 65535 (16-bit)
 
@@ -53,6 +60,24 @@ def _in_skipped_folder(path: Path, root: Path, excluded: set[str]) -> bool:
     return any(part.startswith(".") or part.lower() in excluded for part in path.relative_to(root).parts[:-1])
 
 
+def is_mask_name(path: Path, suffixes: tuple[str, ...]) -> bool:
+    """``frame_mask.png``, ``frame-GT.png``: a stem ending with ``_`` or ``-`` and one of ``suffixes``."""
+    stem = path.stem.lower()
+    return any(stem.endswith((f"_{s.lower()}", f"-{s.lower()}")) for s in suffixes)
+
+
+def _shared_stems(files: list[Path]) -> list[tuple[Path, Path]]:
+    """Pairs of listed files in one folder with one stem (``f.jpg`` + ``f.png``): the first found, the other."""
+    first: dict[Path, Path] = {}
+    pairs = []
+    for p in files:
+        key = p.with_suffix("")
+        if key in first:
+            pairs.append((first[key], p))
+        first.setdefault(key, p)
+    return pairs
+
+
 @register_dataset("folder")
 class FolderDataset(ImageDataset):
     config_class = FolderConfig
@@ -63,7 +88,7 @@ class FolderDataset(ImageDataset):
             raise ConfigError(f"dataset kind 'folder': on_error must be 'raise' or 'skip', got {config.on_error!r}")
         self._require_labels_for_train_labels()
         extensions = normalise_extensions(config.extensions)
-        files = list_image_files(self.root, extensions, config.recursive, config.exclude_dirs)
+        files = self._frames(list_image_files(self.root, extensions, config.recursive, config.exclude_dirs))
         skipped_dirs = sorted(d.name for d in self.root.iterdir()
                               if d.is_dir() and d.name.lower() in {x.lower() for x in config.exclude_dirs})
         if skipped_dirs and config.recursive:
@@ -89,6 +114,21 @@ class FolderDataset(ImageDataset):
         if not self.paths:
             raise DataError(f"none of the {len(files)} image files in {self.root} can be read")
         self.ids = [p.relative_to(self.root).as_posix() for p in self.paths]
+
+    def _frames(self, files: list[Path]) -> list[Path]:
+        masks = [p for p in files if is_mask_name(p, self.config.mask_suffixes)]
+        if masks:
+            logger.info("folder %s: not reading %d label map(s) named like %s (mask_suffixes)", self.root,
+                        len(masks), masks[0].name)
+        skipped = set(masks)
+        files = [p for p in files if p not in skipped]
+        pairs = _shared_stems(files)
+        if pairs:
+            frame, other = pairs[0]
+            logger.warning("folder %s: %d image(s) share their name with one of another type (first: %s and %s); if "
+                           "one kind are masks, set extensions to the frames' type (e.g. extensions: [%s])",
+                           self.root, len(pairs), frame.name, other.name, frame.suffix[1:].lower())
+        return files
 
     def load(self, index: int) -> tuple[np.ndarray, None]:
         c = self.config

@@ -151,3 +151,34 @@ def test_image_mask_tree_trains_on_images_only(caplog):
     everything = build_dataset({"kind": "folder", "root": str(SAMPLE_DIR), "crop": 32, "exclude_dirs": []},
                                train=True)
     assert len(everything) == 80
+
+
+def test_masks_beside_their_frames_are_not_frames(tmp_path, caplog):
+    """A line's binary masks saved next to the frames (f_mask.png, f-GT.png) or in a mask/ folder must not double an
+    epoch; the frames' own type can be chosen with ``extensions`` (no dot needed)."""
+    root = tmp_path / "line"
+    for i in range(3):
+        _image(root / f"f{i}.jpg", 20, 20, seed=i)
+        _image(root / f"f{i}_mask.png", 20, 20, value=255)
+    _image(root / "b" / "f9.jpg", 20, 20, seed=9)
+    _image(root / "b" / "f9-GT.png", 20, 20, value=0)
+    _image(root / "b" / "f9_label.bmp", 20, 20, value=0)
+    _image(root / "mask" / "f0.png", 20, 20, value=0)
+    with caplog.at_level(logging.INFO, logger="training.data.folder"):
+        ds = build_dataset({"kind": "folder", "root": str(root)}, train=True)
+    assert ds.ids == ["b/f9.jpg", "f0.jpg", "f1.jpg", "f2.jpg"]
+    assert "not reading 5 label map(s)" in caplog.text
+    kept = build_dataset({"kind": "folder", "root": str(root), "mask_suffixes": []}, train=True)
+    assert len(kept) == 9
+
+
+def test_same_stem_pairs_warn_and_extensions_pick_the_frames(tmp_path, caplog):
+    root = tmp_path / "line"
+    for i in range(2):
+        _image(root / f"f{i}.jpg", 20, 20, seed=i)
+        _image(root / f"f{i}.png", 20, 20, value=255)
+    with caplog.at_level(logging.WARNING, logger="training.data.folder"):
+        assert len(build_dataset({"kind": "folder", "root": str(root)}, train=True)) == 4
+    assert "2 image(s) share their name" in caplog.text and "extensions: [jpg]" in caplog.text
+    only = build_dataset({"kind": "folder", "root": str(root), "extensions": ["jpg"]}, train=True)
+    assert only.ids == ["f0.jpg", "f1.jpg"]

@@ -1,7 +1,9 @@
 """The ``fit`` CLI, including a real SIGKILL of ``python -m training fit`` and ``--resume`` to the same weights."""
 
+import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -104,7 +106,7 @@ def test_cli_trains_evaluates_and_reports(tmp_path, data, preset, capsys):
                  "--eval-data", str(data), "--set", "train.epochs=1",
                  "--out", str(out)])
     assert code == 0
-    assert "completed: step 6, epoch 1, best mIoU" in capsys.readouterr().out
+    assert "completed: step 6, epoch 1, best miou " in capsys.readouterr().out
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["data"]["eval"]["root"] == str(data) and config["data"]["eval"]["kind"] == "mask_folder"
     assert config["train"]["epochs"] == 1
@@ -141,3 +143,33 @@ def test_progress_bar_smooths_loss_and_counts_steps():
     assert bar.n == 3
     progress.epoch_end()
     assert progress.bar is None
+
+
+def test_without_a_terminal_progress_lines_go_to_stdout(tmp_path, data, preset, capsys):
+    """Issue 13.2: a log file got nothing between evaluations. capsys' stdout is not a TTY."""
+    code = main(["fit", "--plugin", PLUGIN, "--preset", str(preset), "--data", str(data / "images"),
+                 "--set", "train.epochs=1", "--progress-every", "0", "--out", str(tmp_path / "run")])
+    assert code == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    assert len(lines) == 6
+    assert re.fullmatch(r"step 1/6, epoch 0: [0-9.]+ images/s, loss [0-9.]+, ETA \d+m\d\ds", lines[0])
+    assert lines[-1].startswith("step 6/6") and lines[-1].endswith("ETA 0m00s")
+
+
+def test_progress_lines_come_at_the_interval_with_an_eta_bounded_by_the_budget():
+    from training.cli_fit import LineProgress
+
+    now = [0.0]
+    out = io.StringIO()
+    progress = LineProgress(10.0, stream=out, clock=lambda: now[0])
+    progress.begin(total_steps=100, step=0, time_left_s=None)
+    for step in range(1, 21):  # 1 s per step, 8 images
+        now[0] += 1.0
+        progress.step({"loss": 2.0, "images": 8, "step": step})
+    assert out.getvalue().splitlines() == ["step 10/100, epoch 0: 8.0 images/s, loss 2.0000, ETA 1m30s",
+                                           "step 20/100, epoch 0: 8.0 images/s, loss 2.0000, ETA 1m20s"]
+    budgeted = LineProgress(1.0, stream=out, clock=lambda: now[0])
+    budgeted.begin(total_steps=100, step=0, time_left_s=30.0)
+    now[0] += 2.0
+    budgeted.step({"loss": 1.0, "images": 8, "step": 1})
+    assert out.getvalue().splitlines()[-1].endswith("ETA 0m28s")

@@ -119,7 +119,7 @@ def test_unknown_data_key_fails_at_resolution():
 @pytest.mark.parametrize("name", available_presets())
 def test_the_typed_run_config_is_the_one_its_config_yaml_rebuilds(name):
     """The engine uses the typed configs built once; a run repeated from its config.yaml must build the same."""
-    run = resolve_run_config(load_preset(name), data="/imgs", eval_data="/labelled")
+    run = resolve_run_config(load_preset(name), overrides=["data.train.root=/imgs"], eval_data="/labelled")
     plain = run.to_dict()
     assert isinstance(run, RunConfig) and resolve_config(plain) == plain
     assert run.method_config == config_from_dict(type(run.method_config), plain["method_config"])

@@ -38,6 +38,7 @@ class ToyConfig(MethodConfig):
     poison_at_step: int | None = None  # on_step_end sets a weight to inf when ctx.step equals this
     step_sleep_s: float = 0.0  # slow steps down (the SIGKILL test needs time to kill mid-run)
     epoch_pass: bool = False  # on_epoch_start iterates ctx.train_loader, like PiCIE's k-means
+    eval_sleep_s: float = 0.0  # slow evaluation down: each inference forward sleeps this long
 
 
 class _ToyNet(nn.Module):
@@ -47,8 +48,11 @@ class _ToyNet(nn.Module):
         super().__init__()
         self.trunk = method.trunk
         self.head = method.heads[head]
+        self.sleep_s = method.config.eval_sleep_s
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ToySeg.inference_calls += 1
+        time.sleep(self.sleep_s)
         return F.softmax(self.head(self.trunk(x)), dim=1)
 
 
@@ -58,6 +62,7 @@ class ToySeg(Method):
 
     config_class = ToyConfig
     record: list[str] | None = None
+    inference_calls = 0  # forward passes of inference nets (evaluation), all instances
     grad_norms: list[float] = []  # noqa: RUF012  (global norm seen in after_backward, appended per step)
 
     def _record(self, name: str) -> None:
@@ -237,3 +242,40 @@ class ToyScripted(ToySeg):
 
     def inference_net(self, head: str = "main") -> nn.Module:
         return _Scripted(self.epochs_done in self.config.good_epochs)  # type: ignore[attr-defined]
+
+
+class _ScriptedOver(nn.Module):
+    """4 clusters: the toy image's region (0 dark, 1 bright, 2 stripe) when ``good``, else all cluster 0."""
+
+    def __init__(self, good: bool):
+        super().__init__()
+        self.good = good
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 1, H, W) -> (B, 4, H, W)
+        cluster = (x[:, 0] > 0.325).long() + (x[:, 0] > 0.675).long()  # 0 dark, 1 mid (stripe), 2 bright
+        cluster = torch.tensor([0, 2, 1])[cluster] if self.good else torch.zeros_like(cluster)
+        return F.one_hot(cluster, 4).permute(0, 3, 1, 2).float()
+
+
+@register_method("toy_binary_line")
+class ToyBinaryLine(ToyScripted):
+    """A binary line's failure: the main head (3 clusters) predicts one cluster whatever it learns, so on a 2-class
+    split its many-to-one mIoU never moves; the over-clustering head (4) is right after ``good_epochs``."""
+
+    def eval_heads(self) -> dict[str, int]:
+        return {"main": 3, "over": 4}
+
+    def inference_net(self, head: str = "main") -> nn.Module:
+        if head == "main":
+            return _Scripted(False)
+        return _ScriptedOver(self.epochs_done in self.config.good_epochs)  # type: ignore[attr-defined]
+
+
+class BinaryToyImages(ToyImages):
+    """Evaluation images with binary labels: background 0 (dark and bright), defect 1 (the stripe)."""
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        item = super().__getitem__(index)
+        label = item["label"]
+        item["label"] = torch.where(label == 255, label, (label == 2).long())
+        return item
