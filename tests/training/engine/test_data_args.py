@@ -54,7 +54,8 @@ def test_readme_command_builds_on_a_plain_folder_and_the_bundled_sample(frames):
     run = resolve_run_config(load_preset("iic_neu"), data=str(frames), eval_data=str(SAMPLE))
     train = run.train_data.build()
     assert len(train) == 6  # the masks beside the frames are not frames
-    assert train[0]["image"].shape == (1, 64, 64)  # iic_neu's crop and channels
+    crop = load_preset("iic_neu")["data"]["train"]["crop"]
+    assert train[0]["image"].shape == (1, crop, crop)  # iic_neu's crop and channels
     evaluation = run.eval_data.build()
     assert len(evaluation) == 40 and evaluation.class_names == ["background", "inclusion", "patches", "scratches"]
     assert evaluation[0]["image"].shape[0] == 1 and "label" in evaluation[0]
