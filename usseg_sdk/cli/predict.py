@@ -1,26 +1,28 @@
 """``usseg predict SOURCE --model M --out DIR``: segment images, folders, globs, videos or a camera.
 
 Writes ``labels/`` (class-id PNGs), ``overlays/`` (the frame with the classes and a legend), ``predictions.csv``
-(Severstal RLE rows of the defect classes) and ``defects.jsonl`` (one line a frame: its connected defect regions).
-Frames that cannot be read or predicted are skipped with the reason (exit status 1).
+(Severstal RLE rows of the defect classes), ``frames.csv`` (one row a frame), ``defects.jsonl`` (one line a frame:
+its connected defect regions) and ``summary.json``, streamed frame by frame (:mod:`usseg_sdk.prediction_writer`).
+Frames that cannot be read or predicted are skipped with the reason (exit status 1). SIGINT or SIGTERM finishes
+the frame being written, closes every output and exits 128 + the signal number (130, 143).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import signal
 import sys
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-import cv2
 import numpy as np
 
 from usseg_sdk.config import add_runtime_arguments, config_from_args
-from usseg_sdk.errors import InvalidFrameError, UssegError
-from usseg_sdk.rle import write_csv
+from usseg_sdk.errors import InvalidFrameError
+from usseg_sdk.prediction_writer import PredictionWriter
 from usseg_sdk.segmenter import Segmenter
 from usseg_sdk.sources import open_source
 
@@ -65,39 +67,67 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     seg = Segmenter(args.model, config=config_from_args(args))
-    out: Path = args.out
-    failures: list[tuple[str, str]] = []
+    writer: PredictionWriter | None = None
+
+    def skipped(frame_id: str, reason: str) -> None:
+        print(f"usseg predict: skipped {frame_id}: {reason}", file=sys.stderr)
+        if writer is not None:
+            writer.skip(frame_id, reason)
+
     source = open_source(args.source, channels=seg.meta.input.channels, recursive=args.recursive,
-                         on_error=lambda fid, msg: failures.append((fid, msg)))
-    for sub in ("labels",) * (not args.no_labels) + ("overlays",) * (not args.no_overlay):
-        (out / sub).mkdir(parents=True, exist_ok=True)
+                         on_error=skipped)
+    writer = PredictionWriter(args.out, labels=not args.no_labels, overlays=not args.no_overlay,
+                              min_area=args.min_area)
     total = min(filter(None, (source.total, args.max_frames)), default=None)
     progress = Progress(total, "usseg predict", enabled=not args.quiet)
-    rows: list[tuple[str, int, str]] = []
-    n_frames = n_defects = 0
-    interrupted = False
-    with open(out / "defects.jsonl", "w", encoding="utf-8") as jsonl:
+    with StopOnSignal() as stop:
         try:
             for ids, frames in _chunks(source, seg.config.batch_size, args.max_frames):
-                for frame_id, res in _predict_chunk(seg, ids, frames, failures):
-                    defects = res.defects(min_area=args.min_area)
-                    _write_outputs(out, frame_id, res, args)
-                    rows.extend(res.to_rle(frame_id))
-                    record = {"image_id": frame_id, "height": res.shape[0], "width": res.shape[1],
-                              "defects": [d.to_dict() for d in defects]}
-                    jsonl.write(json.dumps(record) + "\n")
-                    n_frames += 1
-                    n_defects += len(defects)
-                progress.update(len(ids))
-        except KeyboardInterrupt:  # a camera runs until Ctrl-C: keep what was predicted
-            interrupted = True
-    progress.close()
-    write_csv(out / "predictions.csv", rows)
-    for frame_id, message in failures:
-        print(f"usseg predict: skipped {frame_id}: {message}", file=sys.stderr)
-    print(f"{n_frames} frames, {n_defects} defect regions -> {out} (predictions.csv, defects.jsonl"
-          f"{', labels/' if not args.no_labels else ''}{', overlays/' if not args.no_overlay else ''})")
-    return 130 if interrupted else 1 if failures else 0
+                for frame_id, res in _predict_chunk(seg, ids, frames, skipped):
+                    writer.write(frame_id, res)
+                    progress.update()
+                    if stop.signal:
+                        break
+                if stop.signal:
+                    break
+        except KeyboardInterrupt:  # a second signal, or Ctrl-C outside the handler's reach: keep what is written
+            stop.signal = stop.signal or signal.SIGINT
+        finally:
+            progress.close()
+            summary = writer.close(stop.signal.name if stop.signal else None)
+    print(f"{summary.frames} frames, {summary.defects} defect regions, {summary.skipped} skipped -> {args.out} "
+          f"(predictions.csv, frames.csv, defects.jsonl, summary.json{', labels/' if not args.no_labels else ''}"
+          f"{', overlays/' if not args.no_overlay else ''})")
+    if stop.signal:
+        print(f"usseg predict: stopped by {stop.signal.name} after {summary.frames} frames; every output holds "
+              "those frames in full", file=sys.stderr)
+        return 128 + int(stop.signal)
+    return 1 if summary.skipped else 0
+
+
+class StopOnSignal:
+    """SIGINT and SIGTERM (what ``docker stop`` sends) set ``signal``: the frame being written is finished, then the
+    run stops. A second signal raises KeyboardInterrupt at once. Handlers are installed only in the main thread
+    and restored on exit."""
+
+    def __init__(self) -> None:
+        self.signal: signal.Signals | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum)
 
 
 def _chunks(source: Iterable[tuple[str, np.ndarray]], size: int,
@@ -117,7 +147,7 @@ def _chunks(source: Iterable[tuple[str, np.ndarray]], size: int,
 
 
 def _predict_chunk(seg: Any, ids: list[str], frames: list[np.ndarray],
-                   failures: list[tuple[str, str]]) -> list[tuple[str, Any]]:
+                   skipped: Callable[[str, str], None]) -> list[tuple[str, Any]]:
     try:
         return list(zip(ids, seg.predict_batch(frames), strict=True))
     except InvalidFrameError:
@@ -127,18 +157,6 @@ def _predict_chunk(seg: Any, ids: list[str], frames: list[np.ndarray],
         try:
             done.append((frame_id, seg.predict(frame)))
         except InvalidFrameError as e:
-            failures.append((frame_id, str(e)))
+            skipped(frame_id, str(e))
     return done
 
-
-def _write_outputs(out: Path, frame_id: str, res: Any, args: argparse.Namespace) -> None:
-    stem = Path(frame_id).stem
-    if not args.no_labels:
-        _imwrite(out / "labels" / f"{stem}.png", res.labels)
-    if not args.no_overlay:
-        _imwrite(out / "overlays" / f"{stem}.jpg", res.overlay(legend=True))
-
-
-def _imwrite(path: Path, image: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), image):
-        raise UssegError(f"cannot write {path}")

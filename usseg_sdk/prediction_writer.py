@@ -1,0 +1,161 @@
+"""What ``usseg predict`` writes, streamed frame by frame so a run killed at any point keeps every finished frame.
+
+Per frame, in this order: ``labels/<id>.png`` and ``overlays/<id>.jpg`` (each written atomically: a temp file
+renamed into place), its Severstal rows appended to ``predictions.csv``, one row appended to ``frames.csv`` and one
+line to ``defects.jsonl``; every text file is flushed after each frame (and fsync'd at most once a second and at
+the end), so after SIGTERM, SIGKILL or a power cut a reader finds complete rows only, one per finished frame
+(``defects.jsonl`` is written last: a frame is finished when its line is there). ``summary.json`` is replaced
+atomically at the end.
+
+Example:
+    >>> writer = PredictionWriter(Path("out"))                 # doctest: +SKIP
+    >>> for frame_id, result in seg.predict_source("frames/"):  # doctest: +SKIP
+    ...     writer.write(frame_id, result)
+    >>> writer.close()                                          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import cv2
+import numpy as np
+
+from usseg_sdk.atomic import write_bytes_atomic, write_text_atomic
+from usseg_sdk.errors import UssegError
+from usseg_sdk.rle import CSV_HEADER
+from usseg_sdk.result import Segmentation
+
+FRAMES_HEADER = ("frame_id", "height", "width", "defects", "defect_px")
+FSYNC_EVERY_S = 1.0
+
+
+class OutputError(UssegError, OSError):
+    """The output folder cannot be written: it is a file, read-only, or the disk refused a write."""
+
+
+@dataclass
+class RunSummary:
+    """Counts of one run, written as ``summary.json``."""
+
+    frames: int = 0
+    defects: int = 0
+    skipped: int = 0
+    skipped_frames: list[dict[str, str]] = field(default_factory=list)
+    stopped_by: str | None = None  # the signal that stopped the run early, if one did
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"frames": self.frames, "defects": self.defects, "skipped": self.skipped,
+                "skipped_frames": self.skipped_frames, "stopped_by": self.stopped_by, "seconds": self.seconds}
+
+
+class PredictionWriter:
+    """Streams the outputs of ``usseg predict`` into ``out`` (see the module docstring).
+
+    Raises OutputError when ``out`` is a file or cannot be written.
+    """
+
+    def __init__(self, out: Path, *, labels: bool = True, overlays: bool = True, legend: bool = True,
+                 min_area: int = 0) -> None:
+        self.out = Path(out)
+        self.labels, self.overlays, self.legend, self.min_area = labels, overlays, legend, min_area
+        self.summary = RunSummary()
+        self._start = time.monotonic()
+        self._last_sync = self._start
+        prepare_output_folder(self.out)
+        self._csv_file = self._open("predictions.csv")
+        self._frames_file = self._open("frames.csv")
+        self._jsonl = self._open("defects.jsonl")
+        self._csv = csv.writer(self._csv_file, lineterminator="\n")
+        self._frames = csv.writer(self._frames_file, lineterminator="\n")
+        self._csv.writerow(CSV_HEADER)
+        self._frames.writerow(FRAMES_HEADER)
+        self._flush()
+
+    def write(self, frame_id: str, result: Segmentation) -> None:
+        """Write every output of one frame; the text files are flushed before this returns."""
+        defects = result.defects(min_area=self.min_area)
+        name = output_name(frame_id)
+        if self.labels:
+            self._image(Path("labels") / f"{name}.png", result.labels)
+        if self.overlays:
+            self._image(Path("overlays") / f"{name}.jpg", result.overlay(legend=self.legend))
+        self._csv.writerows(result.to_rle(frame_id))
+        self._frames.writerow((frame_id, result.shape[0], result.shape[1], len(defects),
+                               sum(d.area for d in defects)))
+        record = {"image_id": frame_id, "height": result.shape[0], "width": result.shape[1],
+                  "defects": [d.to_dict() for d in defects]}
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._flush()
+        self.summary.frames += 1
+        self.summary.defects += len(defects)
+
+    def skip(self, frame_id: str, reason: str) -> None:
+        """Count a frame that could not be read or predicted."""
+        self.summary.skipped += 1
+        self.summary.skipped_frames.append({"frame_id": frame_id, "reason": reason})
+
+    def close(self, stopped_by: str | None = None) -> RunSummary:
+        """Flush, fsync and close the streams, and write ``summary.json`` atomically."""
+        self.summary.stopped_by = stopped_by
+        self.summary.seconds = round(time.monotonic() - self._start, 3)
+        for f in (self._csv_file, self._frames_file, self._jsonl):
+            if not f.closed:
+                f.flush()
+                os.fsync(f.fileno())
+                f.close()
+        try:
+            write_text_atomic(self.out / "summary.json", json.dumps(self.summary.to_dict(), indent=2) + "\n")
+        except OSError as e:
+            raise OutputError(f"cannot write {self.out / 'summary.json'}: {e}") from e
+        return self.summary
+
+    def _open(self, name: str) -> TextIO:
+        try:
+            return open(self.out / name, "w", encoding="utf-8", newline="")
+        except OSError as e:
+            raise OutputError(f"cannot write {self.out / name}: {e.strerror or e}") from e
+
+    def _flush(self) -> None:
+        now = time.monotonic()
+        sync = now - self._last_sync >= FSYNC_EVERY_S
+        for f in (self._csv_file, self._frames_file, self._jsonl):
+            f.flush()
+            if sync:
+                os.fsync(f.fileno())
+        if sync:
+            self._last_sync = now
+
+    def _image(self, relative: Path, image: np.ndarray) -> None:
+        path = self.out / relative
+        ok, data = cv2.imencode(path.suffix, image)
+        if not ok:
+            raise OutputError(f"cannot encode {path}")
+        try:
+            write_bytes_atomic(path, data.tobytes(), durable=False)
+        except OSError as e:
+            raise OutputError(f"cannot write {path}: {e.strerror or e}") from e
+
+
+def output_name(frame_id: str) -> str:
+    """The path (relative, without suffix) of a frame's label and overlay files."""
+    return str(Path(frame_id).with_suffix(""))
+
+
+def prepare_output_folder(out: Path) -> None:
+    """Create ``out``; OutputError naming the problem when it is a file or cannot be written."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"output folder {out} is a file; pass --out a folder (it is created when missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create output folder {out}: {e.strerror or e}") from e
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise OutputError(f"output folder {out} is not writable (read-only?); choose another --out")
