@@ -36,6 +36,7 @@ import cv2
 import numpy as np
 
 from usseg_sdk import Segmenter
+from usseg_sdk.prediction_writer import output_name
 from usseg_sdk.sources import IMAGE_SUFFIXES, open_source
 
 log = logging.getLogger("line")
@@ -118,7 +119,9 @@ class Worker:
         decision, regions = decide(result, self.max_area, self.min_region)
         self.counts["passed" if decision.passed else "failed"] += 1
         if not decision.passed:
-            cv2.imwrite(str(self.out / "rejects" / f"{Path(frame_id).stem}.png"), result.overlay())
+            path = self.out / "rejects" / f"{output_name(frame_id)}.png"  # clip.mp4#000123 -> rejects/clip/000123.png
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(path), result.overlay())
         return {"frame": frame_id, "decision": "pass" if decision.passed else "fail", "reasons": decision.reasons,
                 "areas": decision.areas, "defects": [d.to_dict() for d in regions],
                 "latency_ms": round(1000 * (time.monotonic() - t_acquired), 2), "time": time.time()}

@@ -67,6 +67,7 @@ class PredictionWriter:
         self.out = Path(out)
         self.labels, self.overlays, self.legend, self.min_area = labels, overlays, legend, min_area
         self.summary = RunSummary()
+        self._names: dict[str, str] = {}  # output name -> the frame id that has it
         self._start = time.monotonic()
         self._last_sync = self._start
         prepare_output_folder(self.out)
@@ -82,7 +83,7 @@ class PredictionWriter:
     def write(self, frame_id: str, result: Segmentation) -> None:
         """Write every output of one frame; the text files are flushed before this returns."""
         defects = result.defects(min_area=self.min_area)
-        name = output_name(frame_id)
+        name = self._unique_name(frame_id)
         if self.labels:
             self._image(Path("labels") / f"{name}.png", result.labels)
         if self.overlays:
@@ -117,6 +118,14 @@ class PredictionWriter:
             raise OutputError(f"cannot write {self.out / 'summary.json'}: {e}") from e
         return self.summary
 
+    def _unique_name(self, frame_id: str) -> str:
+        """:func:`output_name`, or with the file type added when another frame took it (``f1.jpg`` + ``f1.png``)."""
+        name = output_name(frame_id)
+        if self._names.setdefault(name, frame_id) != frame_id:
+            name = f"{name}_{Path(frame_id).suffix.lstrip('.')}"
+            self._names.setdefault(name, frame_id)
+        return name
+
     def _open(self, name: str) -> TextIO:
         try:
             return open(self.out / name, "w", encoding="utf-8", newline="")
@@ -145,8 +154,13 @@ class PredictionWriter:
 
 
 def output_name(frame_id: str) -> str:
-    """The path (relative, without suffix) of a frame's label and overlay files."""
-    return str(Path(frame_id).with_suffix(""))
+    """The path (relative, without suffix) of a frame's label and overlay files: the frame id's relative path
+    mirrored (``a/f1.jpg`` -> ``a/f1``), a video frame in a folder of its video (``clip.mp4#000123`` ->
+    ``clip/000123``). Ids that would leave the output folder (absolute, ``..``) keep only their safe parts."""
+    video, sep, index = frame_id.rpartition("#")
+    path = Path(video).with_suffix("") / index if sep else Path(frame_id).with_suffix("")
+    parts = [p for p in path.parts if p not in ("", ".", "..", path.anchor)]
+    return "/".join(parts) or "frame"
 
 
 def prepare_output_folder(out: Path) -> None:

@@ -1,8 +1,9 @@
 """Frame sources for ``usseg predict``: an image, a folder, a glob, a video file or a camera index.
 
-Each source yields ``(frame_id, frame)``; ``frame_id`` is the file name for images (Severstal's ``ImageId``) and
-``<video stem>_<frame number>`` for video and camera frames. Unreadable images are reported through
-``on_error`` and skipped, so one bad file does not stop a batch job.
+Each source yields ``(frame_id, frame)``. Frame ids are unique within a source: for images the path relative to the
+folder (or to the glob's folder; the file name for a single image) in POSIX form, so ``a/f1.jpg`` and ``b/f1.jpg``
+stay apart; for video and camera frames ``<file name>#<frame number>`` (``clip.mp4#000123``, ``camera0#000042``).
+Unreadable images are reported through ``on_error`` and skipped, so one bad file does not stop a batch job.
 
 Example:
     >>> src = open_source("samples/neu-seg/images")       # doctest: +SKIP
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,7 @@ class FrameSource:
 
     kind: str
     paths: list[Path] | None = None
+    root: Path | None = None  # image ids are paths relative to this folder
     video: str | int | None = None
     total: int | None = None
     imread_flags: int = cv2.IMREAD_COLOR
@@ -52,24 +55,25 @@ class FrameSource:
     def _images(self) -> Iterator[tuple[str, np.ndarray]]:
         assert self.paths is not None
         for path in self.paths:
+            frame_id = path.relative_to(self.root).as_posix() if self.root is not None else path.name
             frame = cv2.imread(str(path), self.imread_flags)
             if frame is None:
-                self._error(path.name, f"cannot read image {path}")
+                self._error(frame_id, f"cannot read image {path}")
                 continue
-            yield path.name, frame
+            yield frame_id, frame
 
     def _video(self) -> Iterator[tuple[str, np.ndarray]]:
         cap = cv2.VideoCapture(self.video)
         if not cap.isOpened():
             raise SourceError(f"cannot open video source {self.video!r}")
-        stem = f"camera{self.video}" if isinstance(self.video, int) else Path(str(self.video)).stem
+        name = f"camera{self.video}" if isinstance(self.video, int) else Path(str(self.video)).name
         try:
             index = 0
             while True:
                 ok, frame = cap.read()
                 if not ok:
                     break
-                yield f"{stem}_{index:06d}", frame
+                yield f"{name}#{index:06d}", frame
                 index += 1
         finally:
             cap.release()
@@ -103,10 +107,20 @@ def open_source(source: str, *, channels: int = 3, recursive: bool = False,
     if path.is_dir():
         pattern = "**/*" if recursive else "*"
         paths = sorted(p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        root = path
     elif any(ch in source for ch in "*?["):
-        paths = sorted(Path(p) for p in glob.glob(source, recursive=True) if Path(p).is_file())
+        pattern = os.path.expanduser(source)
+        paths = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+        root = _glob_root(pattern)
     else:
         raise SourceError(f"source {source!r} is not a file, folder, glob pattern or camera index")
     if not paths:
         raise SourceError(f"source {source!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    return FrameSource("images", paths=paths, total=len(paths), imread_flags=flags, on_error=on_error)
+    return FrameSource("images", paths=paths, root=root, total=len(paths), imread_flags=flags, on_error=on_error)
+
+
+def _glob_root(pattern: str) -> Path:
+    """The folder a glob pattern starts in: its leading parts without wildcards (``in/*/f?.png`` -> ``in``)."""
+    parts = Path(pattern).parts
+    magic = next(i for i, part in enumerate(parts) if any(ch in part for ch in "*?["))
+    return Path(*parts[:magic]) if magic else Path(".")

@@ -67,9 +67,11 @@ def test_predict_glob_and_video(models, tmp_path, capsys):
     writer.release()
     assert main(["predict", str(video), "-m", str(models["rgb_stride4"]), "-o", str(tmp_path / "v"),
                  "--device", "cpu", "-q", "--max-frames", "4"]) == 0
-    labels = sorted(p.name for p in (tmp_path / "v" / "labels").iterdir())
-    assert labels == [f"clip_{i:06d}.png" for i in range(4)]
-    assert cv2.imread(str(tmp_path / "v" / "labels" / labels[0]), cv2.IMREAD_UNCHANGED).shape == (32, 48)
+    labels = sorted(p.name for p in (tmp_path / "v" / "labels" / "clip").iterdir())
+    assert labels == [f"{i:06d}.png" for i in range(4)]
+    assert cv2.imread(str(tmp_path / "v" / "labels" / "clip" / labels[0]), cv2.IMREAD_UNCHANGED).shape == (32, 48)
+    ids = [json.loads(x)["image_id"] for x in (tmp_path / "v" / "defects.jsonl").read_text().splitlines()]
+    assert ids == [f"clip.avi#{i:06d}" for i in range(4)]
     capsys.readouterr()
 
 
