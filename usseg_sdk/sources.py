@@ -16,13 +16,14 @@ import glob
 import logging
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from usseg_sdk.errors import UssegError
+from usseg_sdk.masks import in_skipped_folder, is_mask_name
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class FrameSource:
     kind: str
     paths: list[Path] | None = None
     root: Path | None = None  # image ids are paths relative to this folder
+    left_out: list[Path] = field(default_factory=list)  # label maps of the folder or glob, not read as frames
     video: str | int | None = None
     total: int | None = None
     imread_flags: int = cv2.IMREAD_COLOR
@@ -86,11 +88,15 @@ class FrameSource:
 
 
 def open_source(source: str, *, channels: int = 3, recursive: bool = False,
+                extensions: tuple[str, ...] | None = None, skip_masks: bool = True,
                 on_error: Callable[[str, str], None] | None = None) -> FrameSource:
     """Resolve ``source``: camera index (``"0"``), video file, image file, folder or glob pattern.
 
     ``channels`` is the model's input channel count: 4-channel models read images unchanged (colour +
-    infrared), others as 8-bit BGR (the SDK converts to grey or RGB as the model needs).
+    infrared), others as 8-bit BGR (the SDK converts to grey or RGB as the model needs). A folder or glob lists
+    the files whose suffix is one of ``extensions`` (default :data:`IMAGE_SUFFIXES`; any case, dot optional),
+    leaving out hidden files and, with ``skip_masks``, label maps (:mod:`usseg_sdk.masks`' rule: a stem ending in
+    ``_mask``, ``-gt``, ... or a file inside a ``masks/``, ``labels/``, ... sub-folder); what was left out is logged.
     """
     flags = cv2.IMREAD_UNCHANGED if channels == 4 else cv2.IMREAD_COLOR
     if source.isdigit():
@@ -105,18 +111,32 @@ def open_source(source: str, *, channels: int = 3, recursive: bool = False,
             return FrameSource("video", video=str(path), total=total or None, imread_flags=flags, on_error=on_error)
         return FrameSource("images", paths=[path], total=1, imread_flags=flags, on_error=on_error)
     if path.is_dir():
-        pattern = "**/*" if recursive else "*"
-        paths = sorted(p for p in path.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        root = path
+        root, found = path, path.glob("**/*" if recursive else "*")
     elif any(ch in source for ch in "*?["):
         pattern = os.path.expanduser(source)
-        paths = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
-        root = _glob_root(pattern)
+        root, found = _glob_root(pattern), (Path(p) for p in glob.glob(pattern, recursive=True))
     else:
         raise SourceError(f"source {source!r} is not a file, folder, glob pattern or camera index")
+    suffixes = normalise_extensions(extensions or IMAGE_SUFFIXES)
+    files = sorted(p for p in found if p.suffix.lower() in suffixes and not p.name.startswith(".") and p.is_file())
+    masks = [p for p in files if is_mask_name(p) or in_skipped_folder(p, root)] if skip_masks else []
+    if masks:
+        log.info("%s: left out %d label map(s), first %s", source, len(masks), masks[0])
+    paths = [p for p in files if p not in set(masks)]
     if not paths:
-        raise SourceError(f"source {source!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    return FrameSource("images", paths=paths, root=root, total=len(paths), imread_flags=flags, on_error=on_error)
+        raise SourceError(f"source {source!r} holds no images ({', '.join(suffixes)})"
+                          + (f" besides {len(masks)} label map(s)" if masks else ""))
+    return FrameSource("images", paths=paths, root=root, left_out=masks, total=len(paths), imread_flags=flags,
+                       on_error=on_error)
+
+
+def normalise_extensions(extensions: tuple[str, ...] | str) -> tuple[str, ...]:
+    """``"png,JPG"`` or ``("png", ".jpg")`` -> ``(".png", ".jpg")``."""
+    items = extensions.split(",") if isinstance(extensions, str) else extensions
+    out = tuple(e if e.startswith(".") else f".{e}" for e in (x.strip().lower() for x in items) if e)
+    if not out:
+        raise SourceError(f"no file extension in {extensions!r}; expected e.g. png,jpg")
+    return out
 
 
 def _glob_root(pattern: str) -> Path:

@@ -63,3 +63,40 @@ def test_glob_ids_are_relative_to_the_glob_folder(models, tmp_path, capsys):
     assert _jsonl_ids(out) == ["a/f1.png", "b/f1.png"]
     assert sorted(p.relative_to(out).as_posix() for p in (out / "labels").rglob("*.png")) == \
         ["labels/a/f1.png", "labels/b/f1.png"]
+
+
+def test_masks_beside_frames_are_not_predicted_and_ext_filters(models, tmp_path, capsys):
+    src = tmp_path / "in"
+    (src / "masks").mkdir(parents=True)
+    frame = _frame(3)
+    cv2.imwrite(str(src / "f1.png"), frame)
+    mask = np.zeros_like(frame)
+    mask[4:10, 4:10] = 255
+    for name in ("f1_mask.png", "f1-GT.png", "masks/f1.png"):
+        cv2.imwrite(str(src / name), mask)
+    cv2.imwrite(str(src / "f2.jpg"), _frame(4))
+    (src / "notes.txt").write_text("not a frame")
+    (src / ".hidden.png").write_bytes(b"")
+    out = tmp_path / "out"
+    assert main(["predict", str(src), "-m", str(models["grey"]), "-o", str(out), "--device", "cpu", "-q",
+                 "--recursive"]) == 0
+    assert "left out 3 label map(s)" in capsys.readouterr().err
+    assert _jsonl_ids(out) == ["f1.png", "f2.jpg"]
+    seg = Segmenter(models["grey"], config=SegmenterConfig(device="cpu"))
+    np.testing.assert_array_equal(cv2.imread(str(out / "labels" / "f1.png"), cv2.IMREAD_UNCHANGED),
+                                  seg.predict(frame).labels)  # the frame's outputs, not its mask's
+    assert main(["predict", str(src), "-m", str(models["grey"]), "-o", str(tmp_path / "png"), "--device", "cpu",
+                 "-q", "--ext", "PNG"]) == 0
+    assert _jsonl_ids(tmp_path / "png") == ["f1.png"]
+    assert main(["predict", str(src / "masks"), "-m", str(models["grey"]), "-o", str(tmp_path / "m"), "--device",
+                 "cpu", "-q"]) == 0  # pointing at a masks folder reads it
+    assert _jsonl_ids(tmp_path / "m") == ["f1.png"]
+    capsys.readouterr()
+
+
+def test_training_folder_dataset_shares_the_mask_rule():
+    from training.data import folder
+    from usseg_sdk import masks
+
+    assert folder.is_mask_name is masks.is_mask_name and folder.FolderConfig().exclude_dirs == masks.MASK_FOLDERS
+    assert folder.FolderConfig().mask_suffixes == masks.MASK_SUFFIXES

@@ -24,7 +24,7 @@ from usseg_sdk.config import add_runtime_arguments, config_from_args
 from usseg_sdk.errors import InvalidFrameError
 from usseg_sdk.prediction_writer import PredictionWriter
 from usseg_sdk.segmenter import Segmenter
-from usseg_sdk.sources import open_source
+from usseg_sdk.sources import normalise_extensions, open_source
 
 
 class Progress:
@@ -62,6 +62,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-labels", action="store_true", help="do not write label PNGs")
     p.add_argument("--max-frames", type=int, help="stop after this many frames (video, camera)")
     p.add_argument("--recursive", action="store_true", help="search folders recursively")
+    p.add_argument("--ext", help="file types of a folder or glob to read, e.g. png,jpg (default: every image type)")
+    p.add_argument("--include-masks", action="store_true",
+                   help="also read files that look like label maps (frame_mask.png, masks/ folders), left out by "
+                        "default")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress line")
 
 
@@ -75,7 +79,11 @@ def run(args: argparse.Namespace) -> int:
             writer.skip(frame_id, reason)
 
     source = open_source(args.source, channels=seg.meta.input.channels, recursive=args.recursive,
-                         on_error=skipped)
+                         extensions=normalise_extensions(args.ext) if args.ext else None,
+                         skip_masks=not args.include_masks, on_error=skipped)
+    if source.left_out:
+        print(f"usseg predict: left out {len(source.left_out)} label map(s) (named like frame_mask.png or inside a "
+              f"masks/ or labels/ folder; --include-masks reads them), first {source.left_out[0]}", file=sys.stderr)
     writer = PredictionWriter(args.out, labels=not args.no_labels, overlays=not args.no_overlay,
                               min_area=args.min_area)
     total = min(filter(None, (source.total, args.max_frames)), default=None)
