@@ -80,6 +80,9 @@ class InputSpec(_Strict):
     min_size: int = Field(default=1, ge=1)
     native_size: tuple[int, int] | None = None
     resize_to_native: bool = False
+    max_value: int | None = Field(default=None, ge=1, le=65535, description=(
+        "16-bit frames: the pixel value training mapped to 1.0 (e.g. 4095 for 12-bit data); None: not recorded, "
+        "the runtime reads the file's significant bits or infers them (usseg_sdk.image_file)"))
 
     @model_validator(mode="after")
     def _consistent(self) -> InputSpec:

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from usseg_sdk.errors import UssegError
+from usseg_sdk.image_file import FrameFileError, read_frame_file
 from usseg_sdk.masks import in_skipped_folder, is_mask_name
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,10 @@ class FrameSource:
     left_out: list[Path] = field(default_factory=list)  # label maps of the folder or glob, not read as frames
     video: str | int | None = None
     total: int | None = None
-    imread_flags: int = cv2.IMREAD_COLOR
+    channels: int = 3  # the model's input channels (4: frames are read unchanged, colour + infrared)
+    max_value: float | None = None  # 16-bit value that becomes 255 (None: see usseg_sdk.image_file)
     on_error: Callable[[str, str], None] | None = None
+    bit_depths: dict[int, str] = field(default_factory=dict)  # max value used for 16-bit frames -> first frame id
 
     def __iter__(self) -> Iterator[tuple[str, np.ndarray]]:
         if self.paths is not None:
@@ -58,10 +61,16 @@ class FrameSource:
         assert self.paths is not None
         for path in self.paths:
             frame_id = path.relative_to(self.root).as_posix() if self.root is not None else path.name
-            frame = cv2.imread(str(path), self.imread_flags)
-            if frame is None:
-                self._error(frame_id, f"cannot read image {path}")
+            try:
+                frame, top = read_frame_file(path, channels=self.channels, max_value=self.max_value)
+            except FrameFileError as e:
+                self._error(frame_id, str(e))
                 continue
+            if top != 255 and top not in self.bit_depths:
+                self.bit_depths[top] = frame_id
+                how = "as given" if self.max_value is not None else "from its PNG sBIT chunk or its values"
+                log.warning("16-bit frames scaled by %d -> 255 (%d-bit; %s, first %s); --max-value sets the "
+                            "scale", top, top.bit_length(), how, frame_id)
             yield frame_id, frame
 
     def _video(self) -> Iterator[tuple[str, np.ndarray]]:
@@ -88,19 +97,20 @@ class FrameSource:
 
 
 def open_source(source: str, *, channels: int = 3, recursive: bool = False,
-                extensions: tuple[str, ...] | None = None, skip_masks: bool = True,
+                extensions: tuple[str, ...] | None = None, skip_masks: bool = True, max_value: float | None = None,
                 on_error: Callable[[str, str], None] | None = None) -> FrameSource:
     """Resolve ``source``: camera index (``"0"``), video file, image file, folder or glob pattern.
 
     ``channels`` is the model's input channel count: 4-channel models read images unchanged (colour +
-    infrared), others as 8-bit BGR (the SDK converts to grey or RGB as the model needs). A folder or glob lists
+    infrared), others as 8-bit BGR (the SDK converts to grey or RGB as the model needs); damaged files are
+    skipped through ``on_error`` and 16-bit files scaled by ``max_value`` (:mod:`usseg_sdk.image_file`). A folder or glob lists
     the files whose suffix is one of ``extensions`` (default :data:`IMAGE_SUFFIXES`; any case, dot optional),
     leaving out hidden files and, with ``skip_masks``, label maps (:mod:`usseg_sdk.masks`' rule: a stem ending in
     ``_mask``, ``-gt``, ... or a file inside a ``masks/``, ``labels/``, ... sub-folder); what was left out is logged.
     """
-    flags = cv2.IMREAD_UNCHANGED if channels == 4 else cv2.IMREAD_COLOR
+    common = {"channels": channels, "max_value": max_value, "on_error": on_error}
     if source.isdigit():
-        return FrameSource("camera", video=int(source), imread_flags=flags, on_error=on_error)
+        return FrameSource("camera", video=int(source), **common)
     path = Path(source).expanduser()
     if path.is_file():
         suffix = path.suffix.lower()
@@ -108,8 +118,8 @@ def open_source(source: str, *, channels: int = 3, recursive: bool = False,
             cap = cv2.VideoCapture(str(path))
             total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
             cap.release()
-            return FrameSource("video", video=str(path), total=total or None, imread_flags=flags, on_error=on_error)
-        return FrameSource("images", paths=[path], total=1, imread_flags=flags, on_error=on_error)
+            return FrameSource("video", video=str(path), total=total or None, **common)
+        return FrameSource("images", paths=[path], total=1, **common)
     if path.is_dir():
         root, found = path, path.glob("**/*" if recursive else "*")
     elif any(ch in source for ch in "*?["):
@@ -126,8 +136,7 @@ def open_source(source: str, *, channels: int = 3, recursive: bool = False,
     if not paths:
         raise SourceError(f"source {source!r} holds no images ({', '.join(suffixes)})"
                           + (f" besides {len(masks)} label map(s)" if masks else ""))
-    return FrameSource("images", paths=paths, root=root, left_out=masks, total=len(paths), imread_flags=flags,
-                       on_error=on_error)
+    return FrameSource("images", paths=paths, root=root, left_out=masks, total=len(paths), **common)
 
 
 def normalise_extensions(extensions: tuple[str, ...] | str) -> tuple[str, ...]:

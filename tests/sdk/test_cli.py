@@ -37,7 +37,7 @@ def test_predict_folder_writes_labels_overlays_csv_and_jsonl(models, tmp_path, c
     rc = main(["predict", str(tmp_path / "in"), "--model", str(models["grey"].parent), "--out",
                str(tmp_path / "out"), "--device", "cpu", "--batch-size", "2"])
     captured = capsys.readouterr()
-    assert rc == 1 and "skipped broken.png" in captured.err  # one bad file: the rest still predicted
+    assert rc == 3 and "skipped broken.png" in captured.err  # one bad file: the rest still predicted
     assert "3 frames" in captured.out
     seg = Segmenter(models["grey"], config=SegmenterConfig(device="cpu"))
     rows = read_csv(tmp_path / "out" / "predictions.csv")

@@ -100,3 +100,74 @@ def test_training_folder_dataset_shares_the_mask_rule():
 
     assert folder.is_mask_name is masks.is_mask_name and folder.FolderConfig().exclude_dirs == masks.MASK_FOLDERS
     assert folder.FolderConfig().mask_suffixes == masks.MASK_SUFFIXES
+
+
+def _insert_png_chunk(data: bytes, kind: bytes, payload: bytes) -> bytes:
+    """``data`` (a PNG) with a chunk inserted right after IHDR."""
+    import zlib
+
+    ihdr_end = 8 + 12 + int.from_bytes(data[8:12], "big")
+    chunk = len(payload).to_bytes(4, "big") + kind + payload + zlib.crc32(kind + payload).to_bytes(4, "big")
+    return data[:ihdr_end] + chunk + data[ihdr_end:]
+
+
+def test_truncated_files_are_skipped_counted_and_exit_3(models, tmp_path, capsys):
+    from tests.conftest import SAMPLE_DIR
+
+    src = tmp_path / "in"
+    src.mkdir()
+    jpeg = sorted((SAMPLE_DIR / "images").glob("*.jpg"))[0].read_bytes()
+    (src / "good.jpg").write_bytes(jpeg)
+    (src / "cut.jpg").write_bytes(jpeg[: len(jpeg) * 2 // 3])
+    png = cv2.imencode(".png", _frame(5, (64, 64)))[1].tobytes()
+    (src / "cut.png").write_bytes(png[: len(png) - 30])
+    out = tmp_path / "out"
+    rc = main(["predict", str(src), "-m", str(models["grey"]), "-o", str(out), "--device", "cpu", "-q"])
+    captured = capsys.readouterr()
+    assert rc == 3, captured.err
+    assert "skipped cut.jpg: truncated JPEG" in captured.err and "skipped cut.png: truncated PNG" in captured.err
+    assert "1 frames" in captured.out and "2 skipped" in captured.out
+    assert _jsonl_ids(out) == ["good.jpg"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames"] == 1 and summary["skipped"] == 2
+    assert sorted(s["frame_id"] for s in summary["skipped_frames"]) == ["cut.jpg", "cut.png"]
+
+
+def test_16_bit_frames_are_scaled_by_their_bit_depth(models, tmp_path, capsys, caplog):
+    frame8 = _frame(6, (32, 32))
+    frame8[0, 0] = 255
+    frame12 = np.rint(frame8.astype(np.float64) * 4095 / 255).astype(np.uint16)  # 12-bit data in a 16-bit PNG
+    src = tmp_path / "in"
+    src.mkdir()
+    cv2.imwrite(str(src / "f12.png"), frame12)
+    dark = frame12 // 8  # a dark 12-bit frame (max 511): only --max-value can tell its depth
+    cv2.imwrite(str(src / "dark.png"), dark)
+    seg = Segmenter(models["grey"], config=SegmenterConfig(device="cpu"))
+    out = tmp_path / "out"
+    assert main(["predict", str(src / "f12.png"), "-m", str(models["grey"]), "-o", str(out), "--device", "cpu",
+                 "-q"]) == 0
+    assert "scaled by 4095 -> 255 (12-bit" in caplog.text
+    got = cv2.imread(str(out / "labels" / "f12.png"), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(got, seg.predict(frame8).labels)
+    assert main(["predict", str(src / "dark.png"), "-m", str(models["grey"]), "-o", str(tmp_path / "d"),
+                 "--device", "cpu", "-q", "--max-value", "4095"]) == 0
+    got = cv2.imread(str(tmp_path / "d" / "labels" / "dark.png"), cv2.IMREAD_UNCHANGED)
+    expected = np.rint(dark.astype(np.float64) * 255 / 4095).astype(np.uint8)
+    np.testing.assert_array_equal(got, seg.predict(expected).labels)
+    capsys.readouterr()
+
+
+def test_png_sbit_gives_the_bit_depth(tmp_path):
+    from usseg_sdk.image_file import read_frame_file
+
+    dark = np.full((8, 8), 300, np.uint16)
+    dark[0, 0] = 1000
+    data = cv2.imencode(".png", dark)[1].tobytes()
+    (tmp_path / "plain.png").write_bytes(data)
+    (tmp_path / "sbit.png").write_bytes(_insert_png_chunk(data, b"sBIT", bytes([12])))
+    frame, top = read_frame_file(tmp_path / "plain.png", channels=1)
+    assert top == 1023 and frame.dtype == np.uint8 and int(frame.max()) == 249  # inferred: 10-bit
+    frame, top = read_frame_file(tmp_path / "sbit.png", channels=1)
+    assert top == 4095 and int(frame.max()) == round(1000 * 255 / 4095)
+    frame, top = read_frame_file(tmp_path / "sbit.png", channels=1, max_value=65535)  # the caller wins
+    assert top == 65535 and int(frame.max()) == 4

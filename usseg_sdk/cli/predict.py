@@ -3,8 +3,10 @@
 Writes ``labels/`` (class-id PNGs), ``overlays/`` (the frame with the classes and a legend), ``predictions.csv``
 (Severstal RLE rows of the defect classes), ``frames.csv`` (one row a frame), ``defects.jsonl`` (one line a frame:
 its connected defect regions) and ``summary.json``, streamed frame by frame (:mod:`usseg_sdk.prediction_writer`).
-Frames that cannot be read or predicted are skipped with the reason (exit status 1). SIGINT or SIGTERM finishes
-the frame being written, closes every output and exits 128 + the signal number (130, 143).
+Damaged files (a truncated JPEG or PNG), unreadable ones and frames the model cannot take are skipped with the
+reason, counted in the summary, and make the exit status 3. 16-bit files are scaled by their bit depth
+(``--max-value``, else :mod:`usseg_sdk.image_file`'s rule). SIGINT or SIGTERM finishes the frame being written,
+closes every output and exits 128 + the signal number (130, 143).
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from usseg_sdk.errors import InvalidFrameError
 from usseg_sdk.prediction_writer import PredictionWriter
 from usseg_sdk.segmenter import Segmenter
 from usseg_sdk.sources import normalise_extensions, open_source
+
+
+EXIT_SKIPPED = 3
 
 
 class Progress:
@@ -52,6 +57,13 @@ class Progress:
             self.stream.flush()
 
 
+EXIT_STATUS = """exit status:
+  0    every frame predicted
+  2    usage or setup error (model, source, output folder), nothing predicted
+  3    some frames were skipped (damaged, unreadable or unusable files; listed in summary.json)
+  130  stopped by SIGINT (Ctrl-C), 143 by SIGTERM: outputs hold every frame finished before"""
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="image, folder, glob pattern (quoted), video file, or camera index (0, 1, ...)")
     p.add_argument("--model", "-m", required=True, help=".onnx, .engine, or export directory")
@@ -66,7 +78,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--include-masks", action="store_true",
                    help="also read files that look like label maps (frame_mask.png, masks/ folders), left out by "
                         "default")
+    p.add_argument("--max-value", type=int,
+                   help="16-bit frames: the value that means full white, e.g. 4095 for 12-bit data (default: the "
+                        "model's training range when recorded, else the PNG's significant bits, else inferred per "
+                        "frame from its largest value: 255, 1023, 4095, 16383 or 65535)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress line")
+    p.epilog = EXIT_STATUS
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
 
     source = open_source(args.source, channels=seg.meta.input.channels, recursive=args.recursive,
                          extensions=normalise_extensions(args.ext) if args.ext else None,
-                         skip_masks=not args.include_masks, on_error=skipped)
+                         skip_masks=not args.include_masks, on_error=skipped,
+                         max_value=args.max_value or seg.meta.input.max_value)
     if source.left_out:
         print(f"usseg predict: left out {len(source.left_out)} label map(s) (named like frame_mask.png or inside a "
               f"masks/ or labels/ folder; --include-masks reads them), first {source.left_out[0]}", file=sys.stderr)
@@ -110,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"usseg predict: stopped by {stop.signal.name} after {summary.frames} frames; every output holds "
               "those frames in full", file=sys.stderr)
         return 128 + int(stop.signal)
-    return 1 if summary.skipped else 0
+    return EXIT_SKIPPED if summary.skipped else 0
 
 
 class StopOnSignal:
