@@ -190,6 +190,12 @@ class ModelMeta(_Strict):
     def class_names(self) -> list[str]:
         return [c.name for c in self.classes]
 
+    @property
+    def background_id(self) -> int:
+        """The class that removed predictions become (ignored border, regions below ``min_area``): the first class
+        that is not a defect, else 0."""
+        return next((i for i, c in enumerate(self.classes) if not c.defect), 0)
+
     # -- constructors --------------------------------------------------------------------------------
     @classmethod
     def uncalibrated(cls, *, method: str, n_clusters: int, input: InputSpec, **fields: Any) -> ModelMeta:

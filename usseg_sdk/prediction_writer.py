@@ -62,10 +62,9 @@ class PredictionWriter:
     Raises OutputError when ``out`` is a file or cannot be written.
     """
 
-    def __init__(self, out: Path, *, labels: bool = True, overlays: bool = True, legend: bool = True,
-                 min_area: int = 0) -> None:
+    def __init__(self, out: Path, *, labels: bool = True, overlays: bool = True, legend: bool = True) -> None:
         self.out = Path(out)
-        self.labels, self.overlays, self.legend, self.min_area = labels, overlays, legend, min_area
+        self.labels, self.overlays, self.legend = labels, overlays, legend
         self.summary = RunSummary()
         self._names: dict[str, str] = {}  # output name -> the frame id that has it
         self._start = time.monotonic()
@@ -81,8 +80,18 @@ class PredictionWriter:
         self._flush()
 
     def write(self, frame_id: str, result: Segmentation) -> None:
-        """Write every output of one frame; the text files are flushed before this returns."""
-        defects = result.defects(min_area=self.min_area)
+        """Write every output of one frame; the text files are flushed before this returns.
+
+        Every output is made from ``result`` as given: filter it first (``result.without_small_defects``) so the
+        labels, the CSV rows and the regions agree.
+        """
+        try:
+            self._write(frame_id, result)
+        except OSError as e:  # a full disk, a folder removed under a running line
+            raise OutputError(f"cannot write the outputs of {frame_id} in {self.out}: {e.strerror or e}") from e
+
+    def _write(self, frame_id: str, result: Segmentation) -> None:
+        defects = result.defects()
         name = self._unique_name(frame_id)
         if self.labels:
             self._image(Path("labels") / f"{name}.png", result.labels)

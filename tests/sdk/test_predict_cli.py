@@ -171,3 +171,51 @@ def test_png_sbit_gives_the_bit_depth(tmp_path):
     assert top == 4095 and int(frame.max()) == round(1000 * 255 / 4095)
     frame, top = read_frame_file(tmp_path / "sbit.png", channels=1, max_value=65535)  # the caller wins
     assert top == 65535 and int(frame.max()) == 4
+
+
+def test_output_folder_that_is_a_file_or_unwritable_is_a_clean_error(models, tmp_path, capsys):
+    cv2.imwrite(str(tmp_path / "f.png"), _frame(7))
+    (tmp_path / "taken").write_text("a file")
+    for out, message in [(tmp_path / "taken", "is a file"), (tmp_path / "taken" / "sub", "cannot create")]:
+        rc = main(["predict", str(tmp_path / "f.png"), "-m", str(models["grey"]), "-o", str(out), "--device", "cpu"])
+        err = capsys.readouterr().err
+        assert rc == 2 and message in err and "Traceback" not in err, err
+        assert err.startswith("usseg predict: error: output folder") or "cannot create output folder" in err
+
+
+def test_read_only_output_folder_is_a_clean_error(models, tmp_path, capsys):
+    import os
+
+    if os.geteuid() == 0:
+        import pytest
+
+        pytest.skip("root writes into read-only folders")
+    cv2.imwrite(str(tmp_path / "f.png"), _frame(7))
+    (tmp_path / "ro").mkdir(mode=0o555)
+    rc = main(["predict", str(tmp_path / "f.png"), "-m", str(models["grey"]), "-o", str(tmp_path / "ro"),
+               "--device", "cpu"])
+    assert rc == 2 and "is not writable" in capsys.readouterr().err
+
+
+def test_min_area_filters_every_output_alike(models, tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    cv2.imwrite(str(src / "f.png"), _frame(8, (48, 64)))
+    seg = Segmenter(models["grey"], config=SegmenterConfig(device="cpu"))
+    areas = sorted(d.area for d in seg.predict(_frame(8, (48, 64))).defects())
+    min_area = areas[-1]  # keeps only the largest region(s)
+    assert areas[0] < min_area
+    out = tmp_path / "out"
+    assert main(["predict", str(src), "-m", str(models["grey"]), "-o", str(out), "--device", "cpu", "-q",
+                 "--min-area", str(min_area)]) == 0
+    capsys.readouterr()
+    record = json.loads((out / "defects.jsonl").read_text())
+    kept = [d["area"] for d in record["defects"]]
+    assert kept and min(kept) >= min_area and len(kept) < len(areas)
+    labels = cv2.imread(str(out / "labels" / "f.png"), cv2.IMREAD_UNCHANGED)
+    from usseg_sdk.rle import rows_to_label_map
+
+    rows = read_csv(out / "predictions.csv")["f.png"]
+    np.testing.assert_array_equal(rows_to_label_map(rows, labels.shape), labels)  # CSV == label PNG
+    assert int((labels != 0).sum()) == sum(kept)  # no pixel of a dropped region left in either
+    assert int(_frames_csv(out)[0]["defect_px"]) == sum(kept)

@@ -69,8 +69,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", "-m", required=True, help=".onnx, .engine, or export directory")
     p.add_argument("--out", "-o", required=True, type=Path, help="output folder")
     add_runtime_arguments(p)
-    p.add_argument("--min-area", type=int, default=0, help="drop defect regions smaller than this (px)")
+    p.add_argument("--min-area", type=int, default=0,
+                   help="defect regions smaller than this (px) become background in every output")
     p.add_argument("--no-overlay", action="store_true", help="do not write overlay images")
+    p.add_argument("--no-legend", action="store_true", help="overlays without the class legend")
     p.add_argument("--no-labels", action="store_true", help="do not write label PNGs")
     p.add_argument("--max-frames", type=int, help="stop after this many frames (video, camera)")
     p.add_argument("--recursive", action="store_true", help="search folders recursively")
@@ -104,14 +106,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"usseg predict: left out {len(source.left_out)} label map(s) (named like frame_mask.png or inside a "
               f"masks/ or labels/ folder; --include-masks reads them), first {source.left_out[0]}", file=sys.stderr)
     writer = PredictionWriter(args.out, labels=not args.no_labels, overlays=not args.no_overlay,
-                              min_area=args.min_area)
+                              legend=not args.no_legend)
     total = min(filter(None, (source.total, args.max_frames)), default=None)
     progress = Progress(total, "usseg predict", enabled=not args.quiet)
     with StopOnSignal() as stop:
         try:
             for ids, frames in _chunks(source, seg.config.batch_size, args.max_frames):
                 for frame_id, res in _predict_chunk(seg, ids, frames, skipped):
-                    writer.write(frame_id, res)
+                    writer.write(frame_id, res.without_small_defects(args.min_area))
                     progress.update()
                     if stop.signal:
                         break
