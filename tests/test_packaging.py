@@ -55,7 +55,6 @@ def test_make_wheel_builds_from_a_clean_build_folder():
 def test_torch_pin_takes_2_13_patches_and_refuses_before_2_6():
     """CVE-2025-32434: torch.load runs code from a crafted file before 2.6; every 2.13.x patch release is allowed."""
     import tomllib
-
     from packaging.requirements import Requirement
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]

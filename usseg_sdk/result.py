@@ -122,7 +122,7 @@ class Segmentation:
         labels = self.labels.copy()
         for cid in {d.class_id for d in small}:
             mask = (self.labels == cid).view(np.uint8)
-            n, comp, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+            _, comp, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
             tiny = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] < min_area)
             labels[np.isin(comp, tiny[tiny > 0])] = self.meta.background_id
         return replace(self, labels=labels)

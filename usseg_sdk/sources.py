@@ -46,6 +46,7 @@ class FrameSource:
     left_out: list[Path] = field(default_factory=list)  # label maps of the folder or glob, not read as frames
     video: str | int | None = None
     total: int | None = None
+    fps: float | None = None  # a video file's frame rate, when it says
     channels: int = 3  # the model's input channels (4: frames are read unchanged, colour + infrared)
     max_value: float | None = None  # 16-bit value that becomes 255 (None: see usseg_sdk.image_file)
     on_error: Callable[[str, str], None] | None = None
@@ -103,10 +104,10 @@ def open_source(source: str, *, channels: int = 3, recursive: bool = False,
 
     ``channels`` is the model's input channel count: 4-channel models read images unchanged (colour +
     infrared), others as 8-bit BGR (the SDK converts to grey or RGB as the model needs); damaged files are
-    skipped through ``on_error`` and 16-bit files scaled by ``max_value`` (:mod:`usseg_sdk.image_file`). A folder or glob lists
-    the files whose suffix is one of ``extensions`` (default :data:`IMAGE_SUFFIXES`; any case, dot optional),
-    leaving out hidden files and, with ``skip_masks``, label maps (:mod:`usseg_sdk.masks`' rule: a stem ending in
-    ``_mask``, ``-gt``, ... or a file inside a ``masks/``, ``labels/``, ... sub-folder); what was left out is logged.
+    skipped through ``on_error`` and 16-bit files scaled by ``max_value`` (:mod:`usseg_sdk.image_file`). A folder
+    or glob lists the files whose suffix is one of ``extensions`` (default :data:`IMAGE_SUFFIXES`; any case, dot
+    optional), leaving out hidden files and, with ``skip_masks``, label maps (:mod:`usseg_sdk.masks`' rule: a stem
+    ending in ``_mask``, ``-gt``, ... or a file inside a ``masks/``, ``labels/``, ... sub-folder): ``left_out``.
     """
     common = {"channels": channels, "max_value": max_value, "on_error": on_error}
     if source.isdigit():
@@ -117,8 +118,9 @@ def open_source(source: str, *, channels: int = 3, recursive: bool = False,
         if suffix in VIDEO_SUFFIXES:
             cap = cv2.VideoCapture(str(path))
             total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if cap.isOpened() else 0
+            fps = float(cap.get(cv2.CAP_PROP_FPS)) if cap.isOpened() else 0.0
             cap.release()
-            return FrameSource("video", video=str(path), total=total or None, **common)
+            return FrameSource("video", video=str(path), total=total or None, fps=fps or None, **common)
         return FrameSource("images", paths=[path], total=1, **common)
     if path.is_dir():
         root, found = path, path.glob("**/*" if recursive else "*")

@@ -219,3 +219,93 @@ def test_min_area_filters_every_output_alike(models, tmp_path, capsys):
     np.testing.assert_array_equal(rows_to_label_map(rows, labels.shape), labels)  # CSV == label PNG
     assert int((labels != 0).sum()) == sum(kept)  # no pixel of a dropped region left in either
     assert int(_frames_csv(out)[0]["defect_px"]) == sum(kept)
+
+
+def test_fail_area_gives_a_verdict_per_frame_and_a_summary(models, tmp_path, capsys):
+    seg = Segmenter(models["grey"], config=SegmenterConfig(device="cpu"))
+    src = tmp_path / "in"
+    src.mkdir()
+    worst = {}
+    for i in range(4):
+        frame = _frame(20 + i, (24 + 8 * i, 32))
+        cv2.imwrite(str(src / f"f{i}.png"), frame)
+        areas = {}
+        for d in seg.predict(frame).defects():
+            areas[d.class_name] = areas.get(d.class_name, 0) + d.area
+        worst[f"f{i}.png"] = max(areas.values())
+    (src / "broken.png").write_bytes(b"not a png")
+    limit = sorted(worst.values())[1]  # frames with a class above it fail
+    out = tmp_path / "out"
+    rc = main(["predict", str(src), "-m", str(models["grey"]), "-o", str(out), "--device", "cpu", "-q",
+               "--fail-area", str(limit)])
+    printed = capsys.readouterr().out
+    expected = {name: "fail" if area > limit else "pass" for name, area in worst.items()}
+    n_fail = sum(v == "fail" for v in expected.values())
+    assert 0 < n_fail < 4 and rc == 3  # one file skipped
+    assert {r["frame_id"]: r["verdict"] for r in _frames_csv(out)} == expected
+    assert all(r["reasons"] == "" for r in _frames_csv(out) if r["verdict"] == "pass")
+    assert all(f"px > {limit} px" in r["reasons"] for r in _frames_csv(out) if r["verdict"] == "fail")
+    records = {json.loads(x)["image_id"]: json.loads(x) for x in (out / "defects.jsonl").read_text().splitlines()}
+    assert {k: r["verdict"] for k, r in records.items()} == expected
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["passed"], summary["failed"], summary["skipped"]) == (4 - n_fail, n_fail, 1)
+    assert summary["rule"]["default"] == limit
+    assert f"4 frames: {4 - n_fail} pass, {n_fail} fail, 1 skipped" in printed
+    rc = main(["predict", str(src), "-m", str(models["grey"]), "-o", str(tmp_path / "o2"), "--device", "cpu", "-q",
+               "--fail-area", "defect_1=10,rust=5"])
+    assert rc == 2 and "unknown classes ['rust']" in capsys.readouterr().err
+
+
+def _video(path, n=6, size=(32, 48), fps=7):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (size[1], size[0]))
+    for i in range(n):
+        writer.write(np.full((*size, 3), 30 * i, np.uint8))
+    writer.release()
+    return path
+
+
+def test_video_out_writes_the_overlays_as_a_video(models, tmp_path, capsys):
+    video = _video(tmp_path / "clip.avi")
+    out = tmp_path / "out"
+    assert main(["predict", str(video), "-m", str(models["rgb_stride4"]), "-o", str(out), "--device", "cpu", "-q",
+                 "--video-out", str(out / "annotated.avi")]) == 0
+    capsys.readouterr()
+    cap = cv2.VideoCapture(str(out / "annotated.avi"))
+    frames = []
+    while (got := cap.read())[0]:
+        frames.append(got[1])
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    cap.release()
+    assert len(frames) == 6 and frames[0].shape == (32, 48, 3) and round(fps) == 7
+    rc = main(["predict", str(video), "-m", str(models["rgb_stride4"]), "-o", str(tmp_path / "o2"), "--device",
+               "cpu", "-q", "--video-out", str(tmp_path / "a.gif")])
+    assert rc == 2 and "unknown video type" in capsys.readouterr().err
+
+
+def test_predict_source_streams_folders_globs_videos_and_iterables(models, tmp_path):
+    import itertools
+
+    seg = Segmenter(models["grey"], config=SegmenterConfig(device="cpu", batch_size=2))
+    src = tmp_path / "in"
+    (src / "a").mkdir(parents=True)
+    frames = {"a/f1.png": _frame(30), "f2.png": _frame(31), "f2_mask.png": _frame(32)}
+    for rel, frame in frames.items():
+        cv2.imwrite(str(src / rel), frame)
+    (src / "cut.png").write_bytes(cv2.imencode(".png", _frame(33))[1].tobytes()[:-30])
+    errors = []
+    got = dict(seg.predict_source(src, recursive=True, on_error=lambda i, r: errors.append((i, r))))
+    assert sorted(got) == ["a/f1.png", "f2.png"] and errors[0][0] == "cut.png" and "truncated" in errors[0][1]
+    for rel, res in got.items():
+        np.testing.assert_array_equal(res.labels, seg.predict(frames[rel]).labels)
+    assert [i for i, _ in seg.predict_source(str(src / "*.png"))] == ["f2.png"]  # cut.png logged and skipped
+    video = _video(tmp_path / "clip.avi")
+    ids = [i for i, r in seg.predict_source(video, max_frames=3)]
+    assert ids == ["clip.avi#000000", "clip.avi#000001", "clip.avi#000002"]
+
+    def endless():
+        for n in itertools.count():
+            yield f"cam#{n}", _frame(n % 3)
+
+    first = list(itertools.islice(seg.predict_source(endless()), 5))  # streams: an endless source is fine
+    assert [i for i, _ in first] == [f"cam#{n}" for n in range(5)]
+    np.testing.assert_array_equal(first[4][1].labels, seg.predict(_frame(1)).labels)

@@ -89,8 +89,9 @@ def warn_if_conflicting() -> None:
 def resolve_providers(device: str, config: SegmenterConfig, available: list[str]) -> list[tuple[str, dict]]:
     """Providers (with options) for ``device``; raises BackendUnavailableError for a missing one.
 
-    ``device="auto"`` picks CUDA when the provider is there and otherwise the CPU (logged at INFO: no GPU was asked for). It never picks
-    TensorRT on its own: building an engine takes minutes, which a line should choose (``device="tensorrt"``).
+    ``device="auto"`` picks CUDA when the provider is there and otherwise the CPU (logged at INFO: no GPU was asked
+    for). It never picks TensorRT on its own: building an engine takes minutes, which a line should choose
+    (``device="tensorrt"``).
     """
     if config.providers is not None:
         missing = [p for p in config.providers if p not in available]

@@ -16,18 +16,14 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-import numpy as np
-
 from usseg_sdk.config import add_runtime_arguments, config_from_args
-from usseg_sdk.errors import InvalidFrameError
 from usseg_sdk.prediction_writer import PredictionWriter
 from usseg_sdk.segmenter import Segmenter
 from usseg_sdk.sources import normalise_extensions, open_source
-
+from usseg_sdk.verdict import parse_area_limits
 
 EXIT_SKIPPED = 3
 
@@ -75,6 +71,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-legend", action="store_true", help="overlays without the class legend")
     p.add_argument("--no-labels", action="store_true", help="do not write label PNGs")
     p.add_argument("--max-frames", type=int, help="stop after this many frames (video, camera)")
+    p.add_argument("--fail-area", action="append", metavar="CLASS=PX",
+                   help="pass/fail rule: a frame fails when a defect class's total area exceeds its limit, e.g. "
+                        "--fail-area scratches=50,patches=200, or --fail-area 100 for every class (default 0: any "
+                        "defect region of at least --min-area px fails the frame)")
+    p.add_argument("--video-out", type=Path, metavar="FILE.mp4",
+                   help="also write the overlays as a video (.mp4, .avi, ...), at the source video's frame rate")
     p.add_argument("--recursive", action="store_true", help="search folders recursively")
     p.add_argument("--ext", help="file types of a folder or glob to read, e.g. png,jpg (default: every image type)")
     p.add_argument("--include-masks", action="store_true",
@@ -91,6 +93,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     seg = Segmenter(args.model, config=config_from_args(args))
+    rule = parse_area_limits(args.fail_area or [], min_region=0)  # --min-area already removed smaller regions
+    rule.check_classes(seg.class_names)
     writer: PredictionWriter | None = None
 
     def skipped(frame_id: str, reason: str) -> None:
@@ -106,17 +110,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"usseg predict: left out {len(source.left_out)} label map(s) (named like frame_mask.png or inside a "
               f"masks/ or labels/ folder; --include-masks reads them), first {source.left_out[0]}", file=sys.stderr)
     writer = PredictionWriter(args.out, labels=not args.no_labels, overlays=not args.no_overlay,
-                              legend=not args.no_legend)
+                              legend=not args.no_legend, rule=rule, video_out=args.video_out, fps=source.fps)
     total = min(filter(None, (source.total, args.max_frames)), default=None)
     progress = Progress(total, "usseg predict", enabled=not args.quiet)
     with StopOnSignal() as stop:
         try:
-            for ids, frames in _chunks(source, seg.config.batch_size, args.max_frames):
-                for frame_id, res in _predict_chunk(seg, ids, frames, skipped):
-                    writer.write(frame_id, res.without_small_defects(args.min_area))
-                    progress.update()
-                    if stop.signal:
-                        break
+            for frame_id, res in seg.predict_source(source, max_frames=args.max_frames, on_error=skipped):
+                writer.write(frame_id, res.without_small_defects(args.min_area))
+                progress.update()
                 if stop.signal:
                     break
         except KeyboardInterrupt:  # a second signal, or Ctrl-C outside the handler's reach: keep what is written
@@ -124,9 +125,11 @@ def run(args: argparse.Namespace) -> int:
         finally:
             progress.close()
             summary = writer.close(stop.signal.name if stop.signal else None)
-    print(f"{summary.frames} frames, {summary.defects} defect regions, {summary.skipped} skipped -> {args.out} "
-          f"(predictions.csv, frames.csv, defects.jsonl, summary.json{', labels/' if not args.no_labels else ''}"
-          f"{', overlays/' if not args.no_overlay else ''})")
+    outputs = ["predictions.csv", "frames.csv", "defects.jsonl", "summary.json"]
+    outputs += ["labels/"] * (not args.no_labels) + ["overlays/"] * (not args.no_overlay)
+    print(f"{summary.frames} frames: {summary.passed} pass, {summary.failed} fail, {summary.skipped} skipped; "
+          f"{summary.defects} defect regions -> {args.out} ({', '.join(outputs)})"
+          + (f"; video {args.video_out}" if args.video_out else ""))
     if stop.signal:
         print(f"usseg predict: stopped by {stop.signal.name} after {summary.frames} frames; every output holds "
               "those frames in full", file=sys.stderr)
@@ -157,35 +160,3 @@ class StopOnSignal:
         if self.signal is not None:
             raise KeyboardInterrupt
         self.signal = signal.Signals(signum)
-
-
-def _chunks(source: Iterable[tuple[str, np.ndarray]], size: int,
-            limit: int | None) -> Iterator[tuple[list[str], list[np.ndarray]]]:
-    ids: list[str] = []
-    frames: list[np.ndarray] = []
-    for n, (frame_id, frame) in enumerate(source):
-        if limit is not None and n >= limit:
-            break
-        ids.append(frame_id)
-        frames.append(frame)
-        if len(ids) == size:
-            yield ids, frames
-            ids, frames = [], []
-    if ids:
-        yield ids, frames
-
-
-def _predict_chunk(seg: Any, ids: list[str], frames: list[np.ndarray],
-                   skipped: Callable[[str, str], None]) -> list[tuple[str, Any]]:
-    try:
-        return list(zip(ids, seg.predict_batch(frames), strict=True))
-    except InvalidFrameError:
-        pass  # find the bad frame(s); the others still get predicted
-    done = []
-    for frame_id, frame in zip(ids, frames, strict=True):
-        try:
-            done.append((frame_id, seg.predict(frame)))
-        except InvalidFrameError as e:
-            skipped(frame_id, str(e))
-    return done
-
