@@ -162,6 +162,9 @@ class ModelMeta(_Strict):
     input: InputSpec
     outputs: OutputSpec = Field(default_factory=OutputSpec)
     tiling: TilingSpec = Field(default_factory=TilingSpec)
+    ignore_border: int = Field(default=0, ge=0, description=(
+        "pixels along each frame edge whose predictions the runtime sets to the background class (a net's zero "
+        "padding can paint a false defect ring there); SegmenterConfig.ignore_border overrides it"))
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
     training: TrainingSummary = Field(default_factory=TrainingSummary)
     versions: dict[str, str] = Field(default_factory=dict)

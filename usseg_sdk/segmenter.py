@@ -417,7 +417,23 @@ class Segmenter:
             clusters = None if clusters is None else cv2.resize(clusters, (ow, oh), interpolation=cv2.INTER_NEAREST)
             if scores is not None:
                 scores = np.stack([cv2.resize(s, (ow, oh), interpolation=cv2.INTER_LINEAR) for s in scores])
-        return Segmentation(labels=labels, meta=self.meta, clusters=clusters, scores=scores, frame=p.frame)
+        return Segmentation(labels=self._outside_roi_to_background(labels), meta=self.meta, clusters=clusters,
+                            scores=scores, frame=p.frame)
+
+    def _outside_roi_to_background(self, labels: np.ndarray) -> np.ndarray:
+        """``labels`` with the ignored border and everything outside ``config.roi`` set to the background class."""
+        border = self.config.ignore_border if self.config.ignore_border is not None else self.meta.ignore_border
+        roi = self.config.roi
+        if not border and roi is None:
+            return labels
+        h, w = labels.shape
+        x0, y0, x1, y1 = border, border, w - border, h - border
+        if roi is not None:
+            x0, y0, x1, y1 = max(x0, roi[0]), max(y0, roi[1]), min(x1, roi[0] + roi[2]), min(y1, roi[1] + roi[3])
+        kept = labels[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)].copy()  # labels may be the backend's buffer
+        out = np.full_like(labels, self.meta.background_id)
+        out[max(y0, 0):max(y0, 0) + kept.shape[0], max(x0, 0):max(x0, 0) + kept.shape[1]] = kept
+        return out
 
 
 def _chunks(source: Iterable[tuple[str, np.ndarray]], size: int,
