@@ -37,6 +37,8 @@ import cv2
 import numpy as np
 
 from usseg_sdk import Segmenter
+from usseg_sdk.atomic import write_text_atomic
+from usseg_sdk.image_file import FrameFileError, read_frame_file
 from usseg_sdk.prediction_writer import output_name
 from usseg_sdk.sources import IMAGE_SUFFIXES, open_source
 from usseg_sdk.verdict import AreaRule, VerdictRuleError, decide, parse_area_limits
@@ -45,7 +47,7 @@ log = logging.getLogger("line")
 _STOP = object()
 
 
-def watch_folder(folder: Path, stop: threading.Event, poll_s: float = 0.2, once: bool = False
+def watch_folder(folder: Path, stop: threading.Event, poll_s: float = 0.2, once: bool = False, channels: int = 3
                  ) -> Iterator[tuple[str, np.ndarray]]:
     """Yield new image files of ``folder`` in arrival order, once each, after their size stopped changing."""
     seen: set[str] = set()
@@ -59,9 +61,10 @@ def watch_folder(folder: Path, stop: threading.Event, poll_s: float = 0.2, once:
                 sizes[entry.name] = size
                 continue
             seen.add(entry.name)
-            frame = cv2.imread(entry.path, cv2.IMREAD_UNCHANGED)
-            if frame is None:
-                log.error("cannot read %s; skipped", entry.path)
+            try:  # the SDK's reader: truncated files refused, 16-bit scaled by their bit depth
+                frame, _ = read_frame_file(Path(entry.path), channels=channels)
+            except FrameFileError as e:
+                log.error("%s; skipped", e)
                 continue
             yield entry.name, frame
         if once and not any(name not in seen for name in sizes):
@@ -154,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     thread.start()
 
     if args.watch is not None:
-        frames = watch_folder(args.watch, stop, once=args.once)
+        frames = watch_folder(args.watch, stop, once=args.once, channels=seg.meta.input.channels)
     else:
         frames = iter(open_source(str(args.camera) if args.camera is not None else args.video))
     t0 = time.monotonic()
@@ -165,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs.put(_STOP)
     thread.join()
     summary = {**worker.counts, "seconds": round(time.monotonic() - t0, 3), "stopped_by_signal": stop.is_set()}
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(args.out / "summary.json", json.dumps(summary, indent=2) + "\n")
     log.info("done: %s", summary)
     return 0
 

@@ -128,3 +128,17 @@ def test_sigterm_finishes_queued_frames_and_exits_cleanly(model_dir, tmp_path):
     assert summary["frames"] == len(lines) >= 1  # every frame taken off the queue has its result line
     assert "finishing the queued frames" in log
     assert np.all([json.loads(x)["decision"] in ("pass", "fail") for x in lines])
+
+
+def test_truncated_frame_is_skipped_not_judged(model_dir, tmp_path):
+    incoming = tmp_path / "in"
+    incoming.mkdir()
+    jpeg = sorted(SAMPLE_DIR.glob("images/*.jpg"))[0].read_bytes()
+    (incoming / "good.jpg").write_bytes(jpeg)
+    (incoming / "cut.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    out = tmp_path / "out"
+    proc = run(["--model", model_dir, "--watch", incoming, "--out", out, "--once"])
+    log, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, log
+    assert "truncated JPEG" in log and "cut.jpg" in log
+    assert [json.loads(x)["frame"] for x in (out / "results.jsonl").read_text().splitlines()] == ["good.jpg"]
