@@ -13,8 +13,9 @@ frame to ``results.jsonl`` (flushed per line, fsync'd every second). Rejected fr
 ``rejects/``. SIGINT or SIGTERM stops acquisition, lets the worker finish every frame already queued, writes
 ``summary.json`` and exits 0; a second signal exits at once.
 
-Decision rule: a frame fails when, for any defect class, the total area of its regions of at least
-``--min-region`` pixels exceeds that class's ``--max-area`` (default 0: any such region fails the frame).
+Decision rule (``usseg_sdk.verdict``, the same as ``usseg predict --fail-area``): a frame fails when, for any defect
+class, the total area of its regions of at least ``--min-region`` pixels exceeds that class's ``--max-area`` (a bare
+number is every class's; default 0: any such region fails the frame).
 """
 
 from __future__ import annotations
@@ -36,31 +37,17 @@ import cv2
 import numpy as np
 
 from usseg_sdk import Segmenter
+from usseg_sdk.atomic import write_text_atomic
+from usseg_sdk.image_file import FrameFileError, read_frame_file
+from usseg_sdk.prediction_writer import output_name
 from usseg_sdk.sources import IMAGE_SUFFIXES, open_source
+from usseg_sdk.verdict import AreaRule, VerdictRuleError, decide, parse_area_limits
 
 log = logging.getLogger("line")
 _STOP = object()
 
 
-@dataclass
-class Decision:
-    passed: bool
-    reasons: list[str]
-    areas: dict[str, int]
-
-
-def decide(result, max_area: dict[str, int], min_region: int) -> tuple[Decision, list]:
-    """Pass/fail from the defect regions of one ``Segmentation`` (see the module docstring)."""
-    regions = result.defects(min_area=min_region)
-    areas: dict[str, int] = {}
-    for d in regions:
-        areas[d.class_name] = areas.get(d.class_name, 0) + int(d.area)
-    reasons = [f"{name}: {area} px > {max_area.get(name, 0)} px" for name, area in sorted(areas.items())
-               if area > max_area.get(name, 0)]
-    return Decision(passed=not reasons, reasons=reasons, areas=areas), regions
-
-
-def watch_folder(folder: Path, stop: threading.Event, poll_s: float = 0.2, once: bool = False
+def watch_folder(folder: Path, stop: threading.Event, poll_s: float = 0.2, once: bool = False, channels: int = 3
                  ) -> Iterator[tuple[str, np.ndarray]]:
     """Yield new image files of ``folder`` in arrival order, once each, after their size stopped changing."""
     seen: set[str] = set()
@@ -74,9 +61,10 @@ def watch_folder(folder: Path, stop: threading.Event, poll_s: float = 0.2, once:
                 sizes[entry.name] = size
                 continue
             seen.add(entry.name)
-            frame = cv2.imread(entry.path, cv2.IMREAD_UNCHANGED)
-            if frame is None:
-                log.error("cannot read %s; skipped", entry.path)
+            try:  # the SDK's reader: truncated files refused, 16-bit scaled by their bit depth
+                frame, _ = read_frame_file(Path(entry.path), channels=channels)
+            except FrameFileError as e:
+                log.error("%s; skipped", e)
                 continue
             yield entry.name, frame
         if once and not any(name not in seen for name in sizes):
@@ -91,8 +79,7 @@ class Worker:
     seg: Segmenter
     jobs: queue.Queue
     out: Path
-    max_area: dict[str, int]
-    min_region: int
+    rule: AreaRule
     counts: dict[str, int] = field(default_factory=lambda: {"frames": 0, "passed": 0, "failed": 0, "errors": 0})
 
     def run(self) -> None:
@@ -115,23 +102,15 @@ class Worker:
             self.counts["errors"] += 1
             log.error("frame %s: %s", frame_id, e)
             return {"frame": frame_id, "decision": "error", "error": f"{type(e).__name__}: {e}"}
-        decision, regions = decide(result, self.max_area, self.min_region)
+        decision, regions = decide(result, self.rule)
         self.counts["passed" if decision.passed else "failed"] += 1
         if not decision.passed:
-            cv2.imwrite(str(self.out / "rejects" / f"{Path(frame_id).stem}.png"), result.overlay())
+            path = self.out / "rejects" / f"{output_name(frame_id)}.png"  # clip.mp4#000123 -> rejects/clip/000123.png
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(path), result.overlay())
         return {"frame": frame_id, "decision": "pass" if decision.passed else "fail", "reasons": decision.reasons,
                 "areas": decision.areas, "defects": [d.to_dict() for d in regions],
                 "latency_ms": round(1000 * (time.monotonic() - t_acquired), 2), "time": time.time()}
-
-
-def parse_max_area(items: list[str]) -> dict[str, int]:
-    out = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep or not value.isdigit():
-            raise SystemExit(f"--max-area wants CLASS=PIXELS, got {item!r}")
-        out[name] = int(value)
-    return out
 
 
 def install_signal_handlers(stop: threading.Event) -> None:
@@ -154,29 +133,31 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--video", help="video file")
     src.add_argument("--camera", type=int, help="OpenCV camera index")
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--max-area", action="append", default=[], metavar="CLASS=PX")
+    p.add_argument("--max-area", action="append", default=[], metavar="CLASS=PX",
+                   help="largest total defect area of a class in a passing frame (repeat, or CLASS=PX,CLASS=PX; a "
+                        "bare PX for every class)")
     p.add_argument("--min-region", type=int, default=10, help="ignore regions smaller than this (px)")
     p.add_argument("--device", default=None, help="auto | cpu | cuda | tensorrt")
     p.add_argument("--queue", type=int, default=8, help="frames buffered between camera and worker")
     p.add_argument("--once", action="store_true", help="--watch: process the files present, then stop")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    max_area = parse_max_area(args.max_area)
-
     seg = Segmenter(args.model, device=args.device)
-    unknown = sorted(set(max_area) - set(seg.class_names))
-    if unknown:
-        raise SystemExit(f"--max-area names unknown classes {unknown}; the model's classes: {seg.class_names}")
+    try:
+        rule = parse_area_limits(args.max_area, min_region=args.min_region)
+        rule.check_classes(seg.class_names)
+    except VerdictRuleError as e:
+        raise SystemExit(f"--max-area: {e}") from None
     seg.warmup()
     stop = threading.Event()
     install_signal_handlers(stop)
     jobs: queue.Queue = queue.Queue(maxsize=args.queue)
-    worker = Worker(seg, jobs, args.out, max_area, args.min_region)
+    worker = Worker(seg, jobs, args.out, rule)
     thread = threading.Thread(target=worker.run, name="segmenter", daemon=True)
     thread.start()
 
     if args.watch is not None:
-        frames = watch_folder(args.watch, stop, once=args.once)
+        frames = watch_folder(args.watch, stop, once=args.once, channels=seg.meta.input.channels)
     else:
         frames = iter(open_source(str(args.camera) if args.camera is not None else args.video))
     t0 = time.monotonic()
@@ -187,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs.put(_STOP)
     thread.join()
     summary = {**worker.counts, "seconds": round(time.monotonic() - t0, 3), "stopped_by_signal": stop.is_set()}
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(args.out / "summary.json", json.dumps(summary, indent=2) + "\n")
     log.info("done: %s", summary)
     return 0
 

@@ -50,3 +50,17 @@ def test_wheel_ships_runtime_only(tmp_path):
 def test_make_wheel_builds_from_a_clean_build_folder():
     out = subprocess.run(["make", "-n", "wheel"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert "rm -rf build" in out and "pip wheel --no-deps" in out and "-w dist" in out
+
+
+def test_torch_pin_takes_2_13_patches_and_refuses_before_2_6():
+    """CVE-2025-32434: torch.load runs code from a crafted file before 2.6; every 2.13.x patch release is allowed."""
+    import tomllib
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pins = [Requirement(r).specifier for extra in project["optional-dependencies"].values() for r in extra
+            if Requirement(r).name == "torch"]
+    assert len(pins) == 2  # train and export
+    for spec in pins:
+        assert all(spec.contains(v) for v in ("2.6.0", "2.13.0", "2.13.0+cpu", "2.13.3"))
+        assert not any(spec.contains(v) for v in ("2.4.1", "2.5.1", "2.14.0"))

@@ -25,10 +25,12 @@ os.umask(_UMASK)
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``.
 
     On any exception (including KeyboardInterrupt) the temporary file is removed and ``path`` is untouched.
+    ``durable=False`` skips the fsyncs: still never half a file for a reader or after a killed process, but a power
+    cut may lose the file (for per-frame outputs, where an fsync per file would slow a line down).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -38,17 +40,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        if durable:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        if durable:
+            _fsync_dir(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    with atomic_path(path) as tmp:
+def write_bytes_atomic(path: str | os.PathLike, data: bytes, durable: bool = True) -> Path:
+    with atomic_path(path, durable) as tmp:
         tmp.write_bytes(data)
     return Path(path)
 

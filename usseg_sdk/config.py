@@ -37,6 +37,10 @@ class SegmenterConfigError(UssegError, ValueError):
 class SegmenterConfig(BaseModel):
     """Deployment settings of a Segmenter. All fields have defaults; see the module docstring for env vars.
 
+    Region of interest: ``ignore_border`` (else the model's ``meta.ignore_border``) pixels along each edge, and
+    everything outside ``roi`` (x, y, w, h), are set to the background class in ``labels`` (so in defects, RLE rows
+    and overlays); ``clusters`` and ``scores`` stay as the net gave them.
+
     Tiling: frames larger than the tile (``tile_size``, else the model's ``meta.tiling.tile_size``) are cut into
     overlapping tiles; ``tiling=False`` runs every frame whole. ``overlap`` (else ``meta.tiling.overlap``) should
     be at least twice the net's receptive-field radius for the tiled result to equal the untiled one.
@@ -62,12 +66,23 @@ class SegmenterConfig(BaseModel):
     trt_fp16: bool = Field(default=False, description="let onnxruntime's TensorRT provider build fp16 kernels")
     trt_cache_dir: Path | None = Field(default=None, description="TensorRT engine cache (onnxruntime TRT EP)")
     trt_workspace_mb: int | None = Field(default=None, ge=1)
+    ignore_border: int | None = Field(default=None, ge=0, description=(
+        "pixels along each frame edge predicted as background; None: the model's meta.ignore_border"))
+    roi: tuple[int, int, int, int] | None = Field(default=None, description=(
+        "region of interest (x, y, w, h) in frame pixels; predictions outside it are background"))
 
     @field_validator("tile_size")
     @classmethod
     def _positive_tile(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
         if v is not None and min(v) <= 0:
             raise ValueError(f"tile_size must be positive, got {v}")
+        return v
+
+    @field_validator("roi")
+    @classmethod
+    def _roi_size(cls, v: tuple[int, int, int, int] | None) -> tuple[int, int, int, int] | None:
+        if v is not None and (min(v[:2]) < 0 or min(v[2:]) <= 0):
+            raise ValueError(f"roi must be (x, y, w, h) with x, y >= 0 and w, h > 0, got {v}")
         return v
 
     @field_validator("providers")
@@ -128,13 +143,18 @@ def add_runtime_arguments(p: argparse.ArgumentParser, *, device: bool = True, ba
     if batch_size:
         p.add_argument("--batch-size", type=int, help="frames or tiles per backend call (default 8)")
     p.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
+    p.add_argument("--ignore-border", type=int, metavar="PX",
+                   help="pixels along each frame edge predicted as background (default: the model's, usually 0)")
+    p.add_argument("--roi", type=_roi_argument, metavar="X,Y,W,H",
+                   help="region of interest in frame pixels; predictions outside it are background")
 
 
 def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None,
                      **fixed: Any) -> SegmenterConfig:
     """The SegmenterConfig of :func:`add_runtime_arguments`' flags in ``args``; ``fixed`` fields win over both."""
     flags = {"device": "device", "backend": "backend", "tile_size": "tile_size", "overlap": "overlap",
-             "batch_size": "batch_size", "intra_op_threads": "threads"}
+             "batch_size": "batch_size", "intra_op_threads": "threads", "ignore_border": "ignore_border",
+             "roi": "roi"}
     fields = {field: getattr(args, flag, None) for field, flag in flags.items()}
     fields = {k: v for k, v in fields.items() if v is not None}
     if getattr(args, "no_tiling", False):
@@ -172,6 +192,24 @@ def parse_size(raw: str) -> tuple[int, int]:
     raise ValueError("expected a size like 512 or 256x1600 (H x W)")
 
 
+def parse_roi(raw: str) -> tuple[int, int, int, int]:
+    """``"10,20,300,200"`` -> (x, y, w, h)."""
+    try:
+        values = tuple(int(v) for v in raw.replace("x", ",").split(","))
+    except ValueError:
+        raise ValueError("expected a region X,Y,W,H in pixels, e.g. 10,20,300,200") from None
+    if len(values) != 4:
+        raise ValueError("expected a region X,Y,W,H in pixels, e.g. 10,20,300,200")
+    return values  # type: ignore[return-value]
+
+
+def _roi_argument(text: str) -> tuple[int, int, int, int]:
+    try:
+        return parse_roi(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _parse_int(raw: str) -> int:
     try:
         return int(raw)
@@ -203,6 +241,8 @@ _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
     "trt_fp16": parse_bool,
     "trt_cache_dir": Path,
     "trt_workspace_mb": _parse_int,
+    "ignore_border": _parse_int,
+    "roi": parse_roi,
 }
 ENV_VARS = tuple(ENV_PREFIX + name.upper() for name in _ENV_PARSERS)
 

@@ -2,8 +2,9 @@
 dark panel, so it reads on any frame and for any class colour (coloured text alone vanished, yellow on yellow).
 
 Sizes follow the frame (the text is about 1/30 of the frame's shorter side, never below OpenCV's smallest legible
-size). The legend goes on the frame, top left, only when its panel takes at most :data:`MAX_SHARE` of the frame;
-otherwise (a small frame, many classes) it is a strip below the frame and covers nothing.
+size). The legend goes on the frame, top left, only when its panel takes at most :data:`MAX_SHARE` of the frame
+(shrunk towards the smallest legible size first); otherwise (a small frame, many classes) it is a strip below the
+frame and covers nothing. ``usseg predict --no-legend`` leaves it out.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-MAX_SHARE = 1 / 6  # most of the frame a legend drawn on it may cover
+MAX_SHARE = 1 / 10  # most of the frame a legend drawn on it may cover
 FONT = cv2.FONT_HERSHEY_SIMPLEX
 PANEL = (24, 24, 24)  # BGR
 TEXT = (245, 245, 245)
@@ -36,13 +37,14 @@ def draw_legend(img: np.ndarray, names: list[str], colours: list[tuple[int, int,
         return img
     h, w = img.shape[:2]
     scale = float(np.clip(min(h, w) / 900, MIN_SCALE, MAX_SCALE))
-    inside = _layout(names, scale, max_width=max(w // 2, 1))
-    ph, pw = inside.size
-    if ph * pw <= MAX_SHARE * h * w and ph <= h and pw <= w:
-        region = img[:ph, :pw]
-        region[:] = cv2.addWeighted(region, 0.2, np.full_like(region, PANEL), 0.8, 0.0)
-        _draw_entries(region, names, colours, inside)
-        return img
+    for shrink in (1.0, 0.85, 0.7, 0.55):
+        inside = _layout(names, max(scale * shrink, MIN_SCALE), max_width=max(w // 2, 1))
+        ph, pw = inside.size
+        if ph * pw <= MAX_SHARE * h * w and ph <= h and pw <= w:
+            region = img[:ph, :pw]
+            region[:] = cv2.addWeighted(region, 0.2, np.full_like(region, PANEL), 0.8, 0.0)
+            _draw_entries(region, names, colours, inside)
+            return img
     below = _layout(names, scale, max_width=w)
     strip = np.full((below.size[0], w, 3), PANEL, np.uint8)
     _draw_entries(strip, names, colours, below)

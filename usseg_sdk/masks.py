@@ -29,6 +29,12 @@ from usseg_sdk.errors import CalibrationError
 
 log = logging.getLogger(__name__)
 
+# Label maps are not frames. What they are commonly called when saved beside their frames (frame_mask.png,
+# frame-label.png, frame_GT.png), and the folders that hold them (an images/ + masks/ tree): the one rule that
+# training's folder dataset and `usseg predict` both use to leave them out.
+MASK_SUFFIXES = ("mask", "masks", "label", "labels", "gt", "groundtruth", "annotation", "seg", "segmentation")
+MASK_FOLDERS = ("masks", "mask", "labels", "label", "annotations", "ann_dir", "gt", "groundtruth")
+
 # An anti-aliased mask: at most this share of its pixels away from the ends (within 1/8 of the range of 0 or of
 # the top value), and most pixels near 0. A picture saved as a mask has most of its pixels in between.
 MAX_BETWEEN = 0.10
@@ -52,6 +58,19 @@ class MaskEncoding:
 
 
 CLASS_IDS = MaskEncoding()
+
+
+def is_mask_name(path: Path, suffixes: tuple[str, ...] = MASK_SUFFIXES) -> bool:
+    """``frame_mask.png``, ``frame-GT.png``: a stem ending with ``_`` or ``-`` and one of ``suffixes`` (any case)."""
+    stem = path.stem.lower()
+    return any(stem.endswith((f"_{s.lower()}", f"-{s.lower()}")) for s in suffixes)
+
+
+def in_skipped_folder(path: Path, root: Path, folders: tuple[str, ...] = MASK_FOLDERS) -> bool:
+    """Whether a folder between ``root`` and ``path`` is hidden (``.x``) or one of ``folders`` (any case); ``root``
+    itself never counts, so pointing at a ``masks/`` folder reads it."""
+    excluded = {f.lower() for f in folders}
+    return any(part.startswith(".") or part.lower() in excluded for part in path.relative_to(root).parts[:-1])
 
 
 def load_mask(path: Path) -> np.ndarray:

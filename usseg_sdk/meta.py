@@ -80,6 +80,9 @@ class InputSpec(_Strict):
     min_size: int = Field(default=1, ge=1)
     native_size: tuple[int, int] | None = None
     resize_to_native: bool = False
+    max_value: int | None = Field(default=None, ge=1, le=65535, description=(
+        "16-bit frames: the pixel value training mapped to 1.0 (e.g. 4095 for 12-bit data); None: not recorded, "
+        "the runtime reads the file's significant bits or infers them (usseg_sdk.image_file)"))
 
     @model_validator(mode="after")
     def _consistent(self) -> InputSpec:
@@ -159,6 +162,9 @@ class ModelMeta(_Strict):
     input: InputSpec
     outputs: OutputSpec = Field(default_factory=OutputSpec)
     tiling: TilingSpec = Field(default_factory=TilingSpec)
+    ignore_border: int = Field(default=0, ge=0, description=(
+        "pixels along each frame edge whose predictions the runtime sets to the background class (a net's zero "
+        "padding can paint a false defect ring there); SegmenterConfig.ignore_border overrides it"))
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
     training: TrainingSummary = Field(default_factory=TrainingSummary)
     versions: dict[str, str] = Field(default_factory=dict)
@@ -186,6 +192,12 @@ class ModelMeta(_Strict):
     @property
     def class_names(self) -> list[str]:
         return [c.name for c in self.classes]
+
+    @property
+    def background_id(self) -> int:
+        """The class that removed predictions become (ignored border, regions below ``min_area``): the first class
+        that is not a defect, else 0."""
+        return next((i for i, c in enumerate(self.classes) if not c.defect), 0)
 
     # -- constructors --------------------------------------------------------------------------------
     @classmethod

@@ -17,7 +17,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import cv2
@@ -104,6 +104,29 @@ class Segmentation:
                for i in range(1, n) if stats[i, cv2.CC_STAT_AREA] >= min_area]
         return sorted(out, key=lambda d: -d.area)
 
+    def without_small_defects(self, min_area: int) -> Segmentation:
+        """This prediction with the defect regions smaller than ``min_area`` px turned into the background class
+        (``meta.background_id``), so labels, overlay, RLE rows and :meth:`defects` all agree. ``self`` when none is.
+
+        Example:
+            >>> from usseg_sdk.meta import InputSpec, ModelMeta
+            >>> meta = ModelMeta.uncalibrated(method="iic", n_clusters=2, input=InputSpec(
+            ...     channels=1, color_order="gray", mean=(0.5,), std=(0.25,)))
+            >>> labels = np.zeros((4, 6), np.uint8); labels[0, 0] = 1; labels[2:4, 2:5] = 1
+            >>> [d.area for d in Segmentation(labels=labels, meta=meta).without_small_defects(2).defects()]
+            [6]
+        """
+        small = [d for d in self.defects() if d.area < min_area] if min_area > 1 else []
+        if not small:
+            return self
+        labels = self.labels.copy()
+        for cid in {d.class_id for d in small}:
+            mask = (self.labels == cid).view(np.uint8)
+            _, comp, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+            tiny = np.flatnonzero(stats[:, cv2.CC_STAT_AREA] < min_area)
+            labels[np.isin(comp, tiny[tiny > 0])] = self.meta.background_id
+        return replace(self, labels=labels)
+
     def to_rle(self, image_id: str = "frame", classes: list[int] | None = None) -> list[tuple[str, int, str]]:
         """Severstal rows ``(ImageId, ClassId, EncodedPixels)`` for the defect classes (column-major RLE).
 
@@ -122,7 +145,7 @@ class Segmentation:
         ``frame`` defaults to the predicted frame (grey frames are shown grey); without one the colour map alone
         is returned. Non-defect classes are left unpainted unless ``background``. ``contours`` outlines each
         defect region; ``legend`` lists the painted classes present, a colour swatch and the name each
-        (:mod:`usseg_sdk.legend`): on the frame when it takes at most a sixth of it, else in a strip below the
+        (:mod:`usseg_sdk.legend`): on the frame when it takes at most a tenth of it, else in a strip below the
         frame, and the picture is then taller than the frame.
         """
         frame = self.frame if frame is None else frame

@@ -26,7 +26,7 @@ import copy
 import logging
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ import numpy as np
 
 from usseg_sdk.backends import Backend, ModelFiles, find_model_files, open_backend
 from usseg_sdk.config import SegmenterConfig, SegmenterConfigError
-from usseg_sdk.errors import ModelLoadError
+from usseg_sdk.errors import InvalidFrameError, ModelLoadError
 from usseg_sdk.meta import ModelMeta
 from usseg_sdk.meta_source import MetaSource, load_meta
 from usseg_sdk.preprocess import (
@@ -49,6 +49,7 @@ from usseg_sdk.preprocess import (
     validate_frame,
 )
 from usseg_sdk.result import Segmentation
+from usseg_sdk.sources import FrameSource, open_source
 from usseg_sdk.tiling import Tile, plan_tiles
 
 log = logging.getLogger(__name__)
@@ -205,6 +206,47 @@ class Segmenter:
                 for i, res in zip(chunk, self._run_whole([prepared[i] for i in chunk]), strict=True):
                     results[i] = res
         return results  # type: ignore[return-value]
+
+    def predict_source(self, source: str | os.PathLike | int | FrameSource | Iterable[tuple[str, np.ndarray]], *,
+                       recursive: bool = False, extensions: tuple[str, ...] | None = None, skip_masks: bool = True,
+                       max_value: float | None = None, max_frames: int | None = None,
+                       on_error: Callable[[str, str], None] | None = None) -> Iterator[tuple[str, Segmentation]]:
+        """Yield ``(frame_id, Segmentation)`` for every frame of a source, streaming (one batch in memory at most).
+
+        ``source``: an image, folder, glob pattern or video file path, a camera index (``0`` or ``"0"``), a
+        :class:`~usseg_sdk.sources.FrameSource`, or any iterable of ``(frame_id, frame)``. Paths are opened by
+        :func:`~usseg_sdk.sources.open_source` (``recursive``, ``extensions``, ``skip_masks``, ``max_value`` —
+        default the model's ``meta.input.max_value`` — go to it); frame ids are unique (``a/f1.jpg``,
+        ``clip.mp4#000123``). Files that cannot be read and frames the model cannot take are skipped and reported to
+        ``on_error(frame_id, reason)`` (default: a WARNING log line). Image and video frames are predicted in
+        batches of ``config.batch_size``; camera frames one at a time, as they come.
+
+        Example:
+            >>> for frame_id, result in seg.predict_source("line/frames/", recursive=True):   # doctest: +SKIP
+            ...     print(frame_id, len(result.defects(min_area=20)))
+        """
+        report = on_error or (lambda frame_id, reason: log.warning("skipped %s: %s", frame_id, reason))
+        if isinstance(source, (str, os.PathLike, int)):
+            source = open_source(str(source), channels=self.meta.input.channels, recursive=recursive,
+                                 extensions=extensions, skip_masks=skip_masks, on_error=report,
+                                 max_value=max_value if max_value is not None else self.meta.input.max_value)
+        size = 1 if isinstance(source, FrameSource) and source.kind == "camera" else self.config.batch_size
+        for ids, frames in _chunks(source, size, max_frames):
+            yield from self._predict_chunk(ids, frames, report)
+
+    def _predict_chunk(self, ids: list[str], frames: list[np.ndarray],
+                       report: Callable[[str, str], None]) -> list[tuple[str, Segmentation]]:
+        try:
+            return list(zip(ids, self.predict_batch(frames), strict=True))
+        except InvalidFrameError:
+            pass  # find the bad frame(s); the others still get predicted
+        done = []
+        for frame_id, frame in zip(ids, frames, strict=True):
+            try:
+                done.append((frame_id, self.predict(frame)))
+            except InvalidFrameError as e:
+                report(frame_id, str(e))
+        return done
 
     def warmup(self, shape: tuple[int, int] | None = None, batch_size: int = 1, runs: int = 1) -> None:
         """Run dummy frames so engines are built and memory allocated before the line starts.
@@ -375,7 +417,40 @@ class Segmenter:
             clusters = None if clusters is None else cv2.resize(clusters, (ow, oh), interpolation=cv2.INTER_NEAREST)
             if scores is not None:
                 scores = np.stack([cv2.resize(s, (ow, oh), interpolation=cv2.INTER_LINEAR) for s in scores])
-        return Segmentation(labels=labels, meta=self.meta, clusters=clusters, scores=scores, frame=p.frame)
+        return Segmentation(labels=self._outside_roi_to_background(labels), meta=self.meta, clusters=clusters,
+                            scores=scores, frame=p.frame)
+
+    def _outside_roi_to_background(self, labels: np.ndarray) -> np.ndarray:
+        """``labels`` with the ignored border and everything outside ``config.roi`` set to the background class."""
+        border = self.config.ignore_border if self.config.ignore_border is not None else self.meta.ignore_border
+        roi = self.config.roi
+        if not border and roi is None:
+            return labels
+        h, w = labels.shape
+        x0, y0, x1, y1 = border, border, w - border, h - border
+        if roi is not None:
+            x0, y0, x1, y1 = max(x0, roi[0]), max(y0, roi[1]), min(x1, roi[0] + roi[2]), min(y1, roi[1] + roi[3])
+        kept = labels[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)].copy()  # labels may be the backend's buffer
+        out = np.full_like(labels, self.meta.background_id)
+        out[max(y0, 0):max(y0, 0) + kept.shape[0], max(x0, 0):max(x0, 0) + kept.shape[1]] = kept
+        return out
+
+
+def _chunks(source: Iterable[tuple[str, np.ndarray]], size: int,
+            limit: int | None) -> Iterator[tuple[list[str], list[np.ndarray]]]:
+    """Lists of up to ``size`` (ids, frames) from ``source``, stopping after ``limit`` frames."""
+    ids: list[str] = []
+    frames: list[np.ndarray] = []
+    for n, (frame_id, frame) in enumerate(source):
+        if limit is not None and n >= limit:
+            break
+        ids.append(frame_id)
+        frames.append(frame)
+        if len(ids) == size:
+            yield ids, frames
+            ids, frames = [], []
+    if ids:
+        yield ids, frames
 
 
 def _crop(array: np.ndarray, h: int, w: int) -> np.ndarray:

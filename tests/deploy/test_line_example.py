@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, SAMPLE_DIR
+from usseg_sdk import verdict
 
 pytest.importorskip("onnxruntime")
 onnx_models = pytest.importorskip("tests.sdk.onnx_models", reason="needs the onnx package")
@@ -46,13 +47,31 @@ class Region:
 
 def test_decide_sums_regions_above_min_region_per_class():
     result = FakeResult([Region("scratches", 30), Region("scratches", 25), Region("patches", 5)])
-    d, regions = line_example.decide(result, {"scratches": 50}, min_region=10)
+    d, regions = verdict.decide(result, verdict.parse_area_limits(["scratches=50"], min_region=10))
     assert [r.area for r in regions] == [30, 25]
     assert not d.passed and d.areas == {"scratches": 55} and d.reasons == ["scratches: 55 px > 50 px"]
-    d, _ = line_example.decide(result, {"scratches": 60}, min_region=10)
-    assert d.passed and d.reasons == []
-    d, _ = line_example.decide(result, {"scratches": 60}, min_region=1)  # the 5 px patch now counts, limit 0
+    d, _ = verdict.decide(result, verdict.parse_area_limits(["scratches=60"], min_region=10))
+    assert d.passed and d.reasons == [] and d.label == "pass"
+    d, _ = verdict.decide(result, verdict.parse_area_limits(["scratches=60"], min_region=1))  # the patch counts
     assert not d.passed and d.reasons == ["patches: 5 px > 0 px"]
+    d, _ = verdict.decide(result, verdict.parse_area_limits(["60"], min_region=1))  # a bare number: every class
+    assert d.passed
+
+
+def test_line_example_decides_with_the_sdk_rule():
+    """One decision in one place: the line example and usseg predict share usseg_sdk.verdict."""
+    assert line_example.decide is verdict.decide and line_example.parse_area_limits is verdict.parse_area_limits
+    assert not hasattr(line_example, "Decision") and not hasattr(line_example, "parse_max_area")
+
+
+def test_area_limits_are_parsed_or_refused():
+    rule = verdict.parse_area_limits(["scratches=50,patches=200", "inclusion=7"])
+    assert rule.limits == {"scratches": 50, "patches": 200, "inclusion": 7} and rule.default == 0
+    for bad in ("scratches", "scratches=", "=5", "scratches=-1", "scratches=1.5"):
+        with pytest.raises(verdict.VerdictRuleError, match="CLASS=PIXELS"):
+            verdict.parse_area_limits([bad])
+    with pytest.raises(verdict.VerdictRuleError, match=r"unknown classes \['rust'\]"):
+        verdict.parse_area_limits(["rust=5"]).check_classes(CLASSES)
 
 
 def run(args, **kw):
@@ -109,3 +128,17 @@ def test_sigterm_finishes_queued_frames_and_exits_cleanly(model_dir, tmp_path):
     assert summary["frames"] == len(lines) >= 1  # every frame taken off the queue has its result line
     assert "finishing the queued frames" in log
     assert np.all([json.loads(x)["decision"] in ("pass", "fail") for x in lines])
+
+
+def test_truncated_frame_is_skipped_not_judged(model_dir, tmp_path):
+    incoming = tmp_path / "in"
+    incoming.mkdir()
+    jpeg = sorted(SAMPLE_DIR.glob("images/*.jpg"))[0].read_bytes()
+    (incoming / "good.jpg").write_bytes(jpeg)
+    (incoming / "cut.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    out = tmp_path / "out"
+    proc = run(["--model", model_dir, "--watch", incoming, "--out", out, "--once"])
+    log, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, log
+    assert "truncated JPEG" in log and "cut.jpg" in log
+    assert [json.loads(x)["frame"] for x in (out / "results.jsonl").read_text().splitlines()] == ["good.jpg"]

@@ -37,7 +37,7 @@ def test_predict_folder_writes_labels_overlays_csv_and_jsonl(models, tmp_path, c
     rc = main(["predict", str(tmp_path / "in"), "--model", str(models["grey"].parent), "--out",
                str(tmp_path / "out"), "--device", "cpu", "--batch-size", "2"])
     captured = capsys.readouterr()
-    assert rc == 1 and "skipped broken.png" in captured.err  # one bad file: the rest still predicted
+    assert rc == 3 and "skipped broken.png" in captured.err  # one bad file: the rest still predicted
     assert "3 frames" in captured.out
     seg = Segmenter(models["grey"], config=SegmenterConfig(device="cpu"))
     rows = read_csv(tmp_path / "out" / "predictions.csv")
@@ -67,9 +67,11 @@ def test_predict_glob_and_video(models, tmp_path, capsys):
     writer.release()
     assert main(["predict", str(video), "-m", str(models["rgb_stride4"]), "-o", str(tmp_path / "v"),
                  "--device", "cpu", "-q", "--max-frames", "4"]) == 0
-    labels = sorted(p.name for p in (tmp_path / "v" / "labels").iterdir())
-    assert labels == [f"clip_{i:06d}.png" for i in range(4)]
-    assert cv2.imread(str(tmp_path / "v" / "labels" / labels[0]), cv2.IMREAD_UNCHANGED).shape == (32, 48)
+    labels = sorted(p.name for p in (tmp_path / "v" / "labels" / "clip").iterdir())
+    assert labels == [f"{i:06d}.png" for i in range(4)]
+    assert cv2.imread(str(tmp_path / "v" / "labels" / "clip" / labels[0]), cv2.IMREAD_UNCHANGED).shape == (32, 48)
+    ids = [json.loads(x)["image_id"] for x in (tmp_path / "v" / "defects.jsonl").read_text().splitlines()]
+    assert ids == [f"clip.avi#{i:06d}" for i in range(4)]
     capsys.readouterr()
 
 

@@ -1,5 +1,5 @@
 """The overlay legend: a colour swatch and the name in light text on a dark panel (readable on any colour), sized
-with the frame, on the frame only when it takes at most a sixth of it, else in a strip below the frame."""
+with the frame, on the frame only when it takes at most a tenth of it, else in a strip below the frame."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def test_legend_has_swatches_in_the_class_colours_on_a_dark_panel():
     assert swatch >= 25 and dark > box.shape[0] / 3 and light > 10  # a swatch, a dark panel, light text
 
 
-def test_legend_takes_at_most_a_sixth_of_the_frame_and_scales_with_it():
+def test_legend_takes_at_most_a_tenth_of_the_frame_and_scales_with_it():
     areas, heights = [], []
     for side in (240, 960):
         labels = _stripes((side, side), 4)
@@ -53,7 +53,7 @@ def test_legend_takes_at_most_a_sixth_of_the_frame_and_scales_with_it():
         heights.append(ys.max() - ys.min() + 1)
         areas.append((ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1) / side**2)
         assert seg.overlay(legend=True).shape == (side, side, 3)
-    assert max(areas) <= 1 / 6
+    assert max(areas) <= 1 / 10
     assert heights[1] > 1.5 * heights[0]
 
 
@@ -77,3 +77,16 @@ def test_only_painted_classes_in_the_frame_are_listed():
     img = seg.overlay(legend=True, contours=False)  # the blend never hits a class colour exactly: only swatches
     colours = {c: (img == np.array(seg.meta.classes[c].color[::-1], np.uint8)).all(axis=2).sum() for c in (1, 2)}
     assert colours[1] == 0 and colours[2] > 0
+
+
+def test_legend_on_a_200px_overlay_covers_at_most_a_tenth():
+    """Issue 13.11: the legend covered a quarter of a 200 px overlay."""
+    for n_classes in (2, 4, 6):
+        labels = _stripes((200, 200), n_classes)
+        seg = Segmentation(labels=labels, meta=_meta(n_classes), frame=np.full((200, 200, 3), 128, np.uint8))
+        changed = _changed(seg)
+        if changed.any():
+            ys, xs = np.nonzero(changed)
+            assert (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1) <= 0.1 * 200 * 200, n_classes
+        else:  # too big for a tenth: below the frame
+            assert seg.overlay(legend=True).shape[0] > 200

@@ -29,18 +29,16 @@ from training.data.image_dataset import DatasetConfig, ImageDataset
 from training.data.image_io import IMAGE_EXTENSIONS, can_decode, is_image_file, normalise_extensions, read_image
 from training.data.registry import register_dataset
 from training.errors import ConfigError, DataError
+from usseg_sdk.masks import MASK_FOLDERS, MASK_SUFFIXES, in_skipped_folder, is_mask_name
 
 logger = logging.getLogger(__name__)
-
-# What label maps saved beside their frames are commonly called (frame_mask.png, frame-label.png, frame_GT.png)
-MASK_SUFFIXES = ("mask", "masks", "label", "labels", "gt", "groundtruth", "annotation", "seg", "segmentation")
 
 
 @dataclass
 class FolderConfig(DatasetConfig):
     extensions: tuple[str, ...] = IMAGE_EXTENSIONS  # file suffixes that count as images (with the dot)
     recursive: bool = True  # also look in sub-folders
-    exclude_dirs: tuple[str, ...] = ("masks", "mask", "labels", "label", "annotations", "ann_dir", "gt", "groundtruth")
+    exclude_dirs: tuple[str, ...] = MASK_FOLDERS  # usseg_sdk.masks: the rule `usseg predict` uses too
     mask_suffixes: tuple[str, ...] = MASK_SUFFIXES  # stems ending so (after _ or -) are label maps, not frames
     on_error: str = "raise"  # unreadable files: "raise" (DataError naming the file) or "skip" (logged count)
     max_value: float | None = None  # pixel value that maps to 1.0; null = 255 (8-bit) / 65535 (16-bit)
@@ -50,20 +48,9 @@ def list_image_files(root: Path, extensions: tuple[str, ...], recursive: bool,
                      exclude_dirs: tuple[str, ...] = ()) -> list[Path]:
     """Image files under ``root`` sorted by relative POSIX path (hidden folders and ``exclude_dirs`` skipped)."""
     candidates = root.rglob("*") if recursive else root.glob("*")
-    excluded = {d.lower() for d in exclude_dirs}
     files = [p for p in candidates if is_image_file(p, extensions) and p.is_file()
-             and not _in_skipped_folder(p, root, excluded)]
+             and not in_skipped_folder(p, root, exclude_dirs)]
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
-
-
-def _in_skipped_folder(path: Path, root: Path, excluded: set[str]) -> bool:
-    return any(part.startswith(".") or part.lower() in excluded for part in path.relative_to(root).parts[:-1])
-
-
-def is_mask_name(path: Path, suffixes: tuple[str, ...]) -> bool:
-    """``frame_mask.png``, ``frame-GT.png``: a stem ending with ``_`` or ``-`` and one of ``suffixes``."""
-    stem = path.stem.lower()
-    return any(stem.endswith((f"_{s.lower()}", f"-{s.lower()}")) for s in suffixes)
 
 
 def _shared_stems(files: list[Path]) -> list[tuple[Path, Path]]:

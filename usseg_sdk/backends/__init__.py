@@ -20,7 +20,7 @@ device       ``.onnx``                                    ``.engine`` (or an exp
 cpu          onnxruntime CPU                              error (engines need a GPU; use the .onnx)
 cuda         onnxruntime CUDA (error if unavailable)      native TensorRT
 tensorrt     onnxruntime TensorRT EP                      native TensorRT
-auto         CUDA if available, else CPU with a WARNING   native TensorRT, else the .onnx with a WARNING
+auto         CUDA if available, else CPU (INFO log)       native TensorRT, else the .onnx with a WARNING
 ===========  ===========================================  ==============================================
 """
 

@@ -89,8 +89,9 @@ def warn_if_conflicting() -> None:
 def resolve_providers(device: str, config: SegmenterConfig, available: list[str]) -> list[tuple[str, dict]]:
     """Providers (with options) for ``device``; raises BackendUnavailableError for a missing one.
 
-    ``device="auto"`` picks CUDA when the provider is there and otherwise the CPU with a WARNING. It never picks
-    TensorRT on its own: building an engine takes minutes, which a line should choose (``device="tensorrt"``).
+    ``device="auto"`` picks CUDA when the provider is there and otherwise the CPU (logged at INFO: no GPU was asked
+    for). It never picks TensorRT on its own: building an engine takes minutes, which a line should choose
+    (``device="tensorrt"``).
     """
     if config.providers is not None:
         missing = [p for p in config.providers if p not in available]
@@ -101,9 +102,9 @@ def resolve_providers(device: str, config: SegmenterConfig, available: list[str]
     if device == "auto":
         if CUDA in available:
             return [(CUDA, _options(CUDA, config)), (CPU, {})]
-        log.warning("device='auto': no CUDA execution provider in onnxruntime (available: %s), running on the CPU. "
-                    "For the GPU: pip install 'usseg-sdk[gpu]' (and uninstall the CPU-only 'onnxruntime')",
-                    available)
+        # INFO, not WARNING: device "auto" (the default) did not ask for a GPU, and a CPU line is a normal install
+        log.info("device='auto': no CUDA execution provider in onnxruntime (available: %s), running on the CPU. "
+                 "For the GPU: pip install 'usseg-sdk[gpu]' (and uninstall the CPU-only 'onnxruntime')", available)
         return [(CPU, {})]
     wanted = {"cpu": [CPU], "cuda": [CUDA, CPU], "tensorrt": [TENSORRT, CUDA, CPU]}[device]
     if wanted[0] not in available:

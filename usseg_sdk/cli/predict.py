@@ -1,28 +1,31 @@
 """``usseg predict SOURCE --model M --out DIR``: segment images, folders, globs, videos or a camera.
 
 Writes ``labels/`` (class-id PNGs), ``overlays/`` (the frame with the classes and a legend), ``predictions.csv``
-(Severstal RLE rows of the defect classes) and ``defects.jsonl`` (one line a frame: its connected defect regions).
-Frames that cannot be read or predicted are skipped with the reason (exit status 1).
+(Severstal RLE rows of the defect classes), ``frames.csv`` (one row a frame), ``defects.jsonl`` (one line a frame:
+its connected defect regions) and ``summary.json``, streamed frame by frame (:mod:`usseg_sdk.prediction_writer`).
+Damaged files (a truncated JPEG or PNG), unreadable ones and frames the model cannot take are skipped with the
+reason, counted in the summary, and make the exit status 3. 16-bit files are scaled by their bit depth
+(``--max-value``, else :mod:`usseg_sdk.image_file`'s rule). SIGINT or SIGTERM finishes the frame being written,
+closes every output and exits 128 + the signal number (130, 143).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import signal
 import sys
+import threading
 import time
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-import cv2
-import numpy as np
-
 from usseg_sdk.config import add_runtime_arguments, config_from_args
-from usseg_sdk.errors import InvalidFrameError, UssegError
-from usseg_sdk.rle import write_csv
+from usseg_sdk.prediction_writer import PredictionWriter
 from usseg_sdk.segmenter import Segmenter
-from usseg_sdk.sources import open_source
+from usseg_sdk.sources import normalise_extensions, open_source
+from usseg_sdk.verdict import parse_area_limits
+
+EXIT_SKIPPED = 3
 
 
 class Progress:
@@ -50,95 +53,110 @@ class Progress:
             self.stream.flush()
 
 
+EXIT_STATUS = """exit status:
+  0    every frame predicted
+  2    usage or setup error (model, source, output folder), nothing predicted
+  3    some frames were skipped (damaged, unreadable or unusable files; listed in summary.json)
+  130  stopped by SIGINT (Ctrl-C), 143 by SIGTERM: outputs hold every frame finished before"""
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="image, folder, glob pattern (quoted), video file, or camera index (0, 1, ...)")
     p.add_argument("--model", "-m", required=True, help=".onnx, .engine, or export directory")
     p.add_argument("--out", "-o", required=True, type=Path, help="output folder")
     add_runtime_arguments(p)
-    p.add_argument("--min-area", type=int, default=0, help="drop defect regions smaller than this (px)")
+    p.add_argument("--min-area", type=int, default=0,
+                   help="defect regions smaller than this (px) become background in every output")
     p.add_argument("--no-overlay", action="store_true", help="do not write overlay images")
+    p.add_argument("--no-legend", action="store_true", help="overlays without the class legend")
     p.add_argument("--no-labels", action="store_true", help="do not write label PNGs")
     p.add_argument("--max-frames", type=int, help="stop after this many frames (video, camera)")
+    p.add_argument("--fail-area", action="append", metavar="CLASS=PX",
+                   help="pass/fail rule: a frame fails when a defect class's total area exceeds its limit, e.g. "
+                        "--fail-area scratches=50,patches=200, or --fail-area 100 for every class (default 0: any "
+                        "defect region of at least --min-area px fails the frame)")
+    p.add_argument("--video-out", type=Path, metavar="FILE.mp4",
+                   help="also write the overlays as a video (.mp4, .avi, ...), at the source video's frame rate")
     p.add_argument("--recursive", action="store_true", help="search folders recursively")
+    p.add_argument("--ext", help="file types of a folder or glob to read, e.g. png,jpg (default: every image type)")
+    p.add_argument("--include-masks", action="store_true",
+                   help="also read files that look like label maps (frame_mask.png, masks/ folders), left out by "
+                        "default")
+    p.add_argument("--max-value", type=int,
+                   help="16-bit frames: the value that means full white, e.g. 4095 for 12-bit data (default: the "
+                        "model's training range when recorded, else the PNG's significant bits, else inferred per "
+                        "frame from its largest value: 255, 1023, 4095, 16383 or 65535)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress line")
+    p.epilog = EXIT_STATUS
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
 
 
 def run(args: argparse.Namespace) -> int:
     seg = Segmenter(args.model, config=config_from_args(args))
-    out: Path = args.out
-    failures: list[tuple[str, str]] = []
+    rule = parse_area_limits(args.fail_area or [], min_region=0)  # --min-area already removed smaller regions
+    rule.check_classes(seg.class_names)
+    writer: PredictionWriter | None = None
+
+    def skipped(frame_id: str, reason: str) -> None:
+        print(f"usseg predict: skipped {frame_id}: {reason}", file=sys.stderr)
+        if writer is not None:
+            writer.skip(frame_id, reason)
+
     source = open_source(args.source, channels=seg.meta.input.channels, recursive=args.recursive,
-                         on_error=lambda fid, msg: failures.append((fid, msg)))
-    for sub in ("labels",) * (not args.no_labels) + ("overlays",) * (not args.no_overlay):
-        (out / sub).mkdir(parents=True, exist_ok=True)
+                         extensions=normalise_extensions(args.ext) if args.ext else None,
+                         skip_masks=not args.include_masks, on_error=skipped,
+                         max_value=args.max_value or seg.meta.input.max_value)
+    if source.left_out:
+        print(f"usseg predict: left out {len(source.left_out)} label map(s) (named like frame_mask.png or inside a "
+              f"masks/ or labels/ folder; --include-masks reads them), first {source.left_out[0]}", file=sys.stderr)
+    writer = PredictionWriter(args.out, labels=not args.no_labels, overlays=not args.no_overlay,
+                              legend=not args.no_legend, rule=rule, video_out=args.video_out, fps=source.fps)
     total = min(filter(None, (source.total, args.max_frames)), default=None)
     progress = Progress(total, "usseg predict", enabled=not args.quiet)
-    rows: list[tuple[str, int, str]] = []
-    n_frames = n_defects = 0
-    interrupted = False
-    with open(out / "defects.jsonl", "w", encoding="utf-8") as jsonl:
+    with StopOnSignal() as stop:
         try:
-            for ids, frames in _chunks(source, seg.config.batch_size, args.max_frames):
-                for frame_id, res in _predict_chunk(seg, ids, frames, failures):
-                    defects = res.defects(min_area=args.min_area)
-                    _write_outputs(out, frame_id, res, args)
-                    rows.extend(res.to_rle(frame_id))
-                    record = {"image_id": frame_id, "height": res.shape[0], "width": res.shape[1],
-                              "defects": [d.to_dict() for d in defects]}
-                    jsonl.write(json.dumps(record) + "\n")
-                    n_frames += 1
-                    n_defects += len(defects)
-                progress.update(len(ids))
-        except KeyboardInterrupt:  # a camera runs until Ctrl-C: keep what was predicted
-            interrupted = True
-    progress.close()
-    write_csv(out / "predictions.csv", rows)
-    for frame_id, message in failures:
-        print(f"usseg predict: skipped {frame_id}: {message}", file=sys.stderr)
-    print(f"{n_frames} frames, {n_defects} defect regions -> {out} (predictions.csv, defects.jsonl"
-          f"{', labels/' if not args.no_labels else ''}{', overlays/' if not args.no_overlay else ''})")
-    return 130 if interrupted else 1 if failures else 0
+            for frame_id, res in seg.predict_source(source, max_frames=args.max_frames, on_error=skipped):
+                writer.write(frame_id, res.without_small_defects(args.min_area))
+                progress.update()
+                if stop.signal:
+                    break
+        except KeyboardInterrupt:  # a second signal, or Ctrl-C outside the handler's reach: keep what is written
+            stop.signal = stop.signal or signal.SIGINT
+        finally:
+            progress.close()
+            summary = writer.close(stop.signal.name if stop.signal else None)
+    outputs = ["predictions.csv", "frames.csv", "defects.jsonl", "summary.json"]
+    outputs += ["labels/"] * (not args.no_labels) + ["overlays/"] * (not args.no_overlay)
+    print(f"{summary.frames} frames: {summary.passed} pass, {summary.failed} fail, {summary.skipped} skipped; "
+          f"{summary.defects} defect regions -> {args.out} ({', '.join(outputs)})"
+          + (f"; video {args.video_out}" if args.video_out else ""))
+    if stop.signal:
+        print(f"usseg predict: stopped by {stop.signal.name} after {summary.frames} frames; every output holds "
+              "those frames in full", file=sys.stderr)
+        return 128 + int(stop.signal)
+    return EXIT_SKIPPED if summary.skipped else 0
 
 
-def _chunks(source: Iterable[tuple[str, np.ndarray]], size: int,
-            limit: int | None) -> Iterator[tuple[list[str], list[np.ndarray]]]:
-    ids: list[str] = []
-    frames: list[np.ndarray] = []
-    for n, (frame_id, frame) in enumerate(source):
-        if limit is not None and n >= limit:
-            break
-        ids.append(frame_id)
-        frames.append(frame)
-        if len(ids) == size:
-            yield ids, frames
-            ids, frames = [], []
-    if ids:
-        yield ids, frames
+class StopOnSignal:
+    """SIGINT and SIGTERM (what ``docker stop`` sends) set ``signal``: the frame being written is finished, then the
+    run stops. A second signal raises KeyboardInterrupt at once. Handlers are installed only in the main thread
+    and restored on exit."""
 
+    def __init__(self) -> None:
+        self.signal: signal.Signals | None = None
+        self._old: dict[int, Any] = {}
 
-def _predict_chunk(seg: Any, ids: list[str], frames: list[np.ndarray],
-                   failures: list[tuple[str, str]]) -> list[tuple[str, Any]]:
-    try:
-        return list(zip(ids, seg.predict_batch(frames), strict=True))
-    except InvalidFrameError:
-        pass  # find the bad frame(s); the others still get predicted
-    done = []
-    for frame_id, frame in zip(ids, frames, strict=True):
-        try:
-            done.append((frame_id, seg.predict(frame)))
-        except InvalidFrameError as e:
-            failures.append((frame_id, str(e)))
-    return done
+    def __enter__(self) -> StopOnSignal:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
 
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
-def _write_outputs(out: Path, frame_id: str, res: Any, args: argparse.Namespace) -> None:
-    stem = Path(frame_id).stem
-    if not args.no_labels:
-        _imwrite(out / "labels" / f"{stem}.png", res.labels)
-    if not args.no_overlay:
-        _imwrite(out / "overlays" / f"{stem}.jpg", res.overlay(legend=True))
-
-
-def _imwrite(path: Path, image: np.ndarray) -> None:
-    if not cv2.imwrite(str(path), image):
-        raise UssegError(f"cannot write {path}")
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum)
