@@ -1,4 +1,4 @@
-"""AC presets: the docs/METHODS.md §3.7 rows resolve and hold the table's values; ac_cpu trains a step on the sample."""
+"""AC presets: the docs/METHODS.md §3.7 rows resolve and hold the table's values; ac_scratch_cpu trains a step on the sample."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def test_paper_presets_match_spec_a7(name):
 
 
 def test_cpu_preset_trains_a_step_on_the_sample(sample_dir):
-    config = resolve_config(load_preset("ac_cpu"))
+    config = resolve_config(load_preset("ac_scratch_cpu"))
     train = build_dataset({**config["data"]["train"], "root": str(sample_dir)}, train=True)
     evaluation = build_dataset({**config["data"]["eval"], "root": str(sample_dir)}, train=False)
     assert evaluation.class_names == ["background", "inclusion", "patches", "scratches"]

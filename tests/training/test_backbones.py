@@ -126,3 +126,36 @@ def test_the_trunks_stride_and_normalisation_are_the_models_input_contract():
         method = _method("iic")
         method.prepare_backbones()
         method.training_step({"image": torch.rand(2, 1, 36, 36)}, FitContext(device=torch.device("cpu")))
+
+
+def test_standardised_features_take_their_statistics_from_training_and_then_stay_fixed():
+    """backbone.standardise: zero mean / unit variance per channel over the first STANDARDISE_BATCHES training
+    forwards, identity before any, fixed afterwards, and carried by the state dict (resume, export)."""
+    from training.nets.backbones import STANDARDISE_BATCHES, FeatureStandardiser
+
+    torch.manual_seed(0)
+    std = FeatureStandardiser(3)
+    feats = torch.randn(STANDARDISE_BATCHES, 2, 3, 5, 5) * torch.tensor([1.0, 4.0, 0.1])[:, None, None] + 7.0
+    assert torch.equal(std.eval()(feats[0]), feats[0])  # no statistics yet: unchanged
+    std.train()
+    for batch in feats:
+        std(batch)
+    out = std.eval()(feats.reshape(-1, 3, 5, 5))
+    assert torch.allclose(out.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-4)
+    assert torch.allclose(out.std(dim=(0, 2, 3), unbiased=False), torch.ones(3), atol=1e-3)
+    frozen = std.state_dict()
+    std.train()(torch.full((2, 3, 5, 5), 100.0))  # past the budget: no longer moves
+    assert all(torch.equal(v, frozen[k]) for k, v in std.state_dict().items())
+    copy = FeatureStandardiser(3)
+    copy.load_state_dict(frozen)
+    assert torch.equal(copy.eval()(feats[0]), std.eval()(feats[0]))
+
+
+def test_a_standardised_trunk_trains_a_step_and_its_statistics_move():
+    method = _method("iic", standardise=True)
+    method.on_fit_start(FitContext(device=torch.device("cpu")))
+    method.train()
+    batch = next(iter(_loader()))
+    method.training_step(batch, FitContext(device=torch.device("cpu")))
+    (standardiser,) = [b.standardiser for b in method.backbones()]
+    assert int(standardiser.batches) >= 1 and float(standardiser.inv_std.min()) != 1.0

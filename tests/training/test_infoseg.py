@@ -236,7 +236,7 @@ PRESETS = sorted((Path(__file__).resolve().parents[2] / "training" / "presets").
 def test_every_paper_row_and_the_cpu_and_neu_presets_exist():
     names = {p.stem for p in PRESETS}
     assert names == {"infoseg_cocostuff3", "infoseg_cocostuff15", "infoseg_potsdam3", "infoseg_potsdam6",
-                     "infoseg_cpu", "infoseg_neu", "infoseg_scratch_neu"}
+                     "infoseg_cpu", "infoseg_scratch_cpu", "infoseg_neu", "infoseg_scratch_neu"}
 
 
 @pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.stem)

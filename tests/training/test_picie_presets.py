@@ -13,7 +13,7 @@ PRESETS = Path(__file__).resolve().parents[2] / "training" / "presets"
 
 
 @pytest.mark.parametrize("name,k,heads", [("picie_cocostuff27", 27, {"main": 27}),
-                                          ("picie_cpu", 4, {"main": 4, "over": 12})])
+                                          ("picie_scratch_cpu", 4, {"main": 4, "over": 12})])
 def test_preset_builds_its_method(name, k, heads):
     text = (PRESETS / f"{name}.yaml").read_text(encoding="utf-8")
     assert text.startswith("# PiCIE")

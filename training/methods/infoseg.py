@@ -24,7 +24,7 @@ proposal [P] of docs/METHODS.md §4.5, with its row there and the reason:
 * ``local_block = "C"``, ``global_block = "D"``, ``feature_dim = 256``, ``width = 64``,
   ``blocks_per_stage = (2, 2, 2, 2)``, ``global_hidden = 1024`` (B5): ResNet-18 BasicBlocks with a 3x3/1 stem
   and no max-pool, so blocks A-D sit at strides 1, 2, 4, 8 and L is on a 1/4 grid (32x32 at 128 px); DIM-style
-  projections to C_f = 256. ``width`` / ``blocks_per_stage`` shrink the encoder for CPU runs (``infoseg_cpu``).
+  projections to C_f = 256. ``width`` / ``blocks_per_stage`` shrink the encoder for CPU runs (``infoseg_scratch_cpu``).
 * ``hflip_p = 0.5`` (B6): the augmentation is a random crop (done by the dataset) and a horizontal flip, drawn
   here per image from the global torch RNG. Adam lr 1e-4 (DIM's default) is ``MethodConfig.lr``.
 * ``measure = "JSD"``: the paper's estimator; DIM's other f-divergences are available for ablation.

@@ -16,6 +16,12 @@ Fusion of the taps into one (B, D, H/4, W/4) map:
 * ``fpn``: a 1x1 lateral convolution of each tap to ``feature_dim``, merged top-down by bilinear upsampling and
   addition (PiCIE's FPN decoder, generalised to any taps); trainable even when the trunk is frozen.
 
+``standardise``: the fused features are shifted and scaled per channel to zero mean and unit variance, with
+statistics accumulated over the first :data:`STANDARDISE_BATCHES` training forwards and then fixed (buffers: they
+travel with checkpoints and into the exported graph). On frozen Lite0 concat features an IIC head on raw features
+barely moves from uniform (the features' scale is ~1/sqrt(D)); standardised, it trains (docs/METHODS.md §7).
+Before any statistics exist (a step-0 evaluation) the features pass unchanged.
+
 ``train``: ``frozen`` (no gradient into the trunk; its BatchNorm statistics stay as pretrained) or ``finetune``
 (trunk parameters at ``lr_scale`` times the method's learning rate; a pretrained trunk keeps its BatchNorm
 statistics, which a few-image batch would only spoil). A random-init trunk (``pretrained: false``) trains its
@@ -45,6 +51,7 @@ GRID_STRIDE = 4  # every backbone's output grid
 FUSIONS = ("concat", "fpn")
 TRAIN_MODES = ("frozen", "finetune")
 PADDINGS = ("zeros", "replicate")
+STANDARDISE_BATCHES = 50  # training forwards whose features set the standardisation statistics
 
 
 @dataclass
@@ -60,6 +67,7 @@ class BackboneConfig:
     fusion: str = "concat"  # "concat" (L2-normalised, no parameters) | "fpn" (learnt laterals, top-down)
     feature_dim: int = 128  # output channels of the fpn fusion
     padding: str = "zeros"  # convolution padding of the Lite trunk: "zeros" (as pretrained) | "replicate"
+    standardise: bool = False  # fused features to zero mean, unit variance per channel (statistics of training)
     width: int = 64  # resnet18_fpn stage-1 width (64 = ResNet-18)
 
     def check(self, owner: str) -> None:
@@ -109,6 +117,7 @@ class DenseBackbone(nn.Module):
         self.register_buffer("weights_ready", torch.tensor(not config.pretrained))
         self._ready = not config.pretrained  # the same as a Python bool (no tensor read in forward)
         self.register_load_state_dict_post_hook(lambda module, _: module._sync_ready())
+        self.standardiser = FeatureStandardiser(self.out_channels) if config.standardise else None
 
     def _sync_ready(self) -> None:
         self._ready = bool(self.weights_ready)
@@ -140,7 +149,39 @@ class DenseBackbone(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.trainable_trunk):
             stages = self.trunk(x)
         taps = [stages[t] for t in self.taps]
-        return self.fusion(taps, (x.shape[-2] // GRID_STRIDE, x.shape[-1] // GRID_STRIDE))
+        feats = self.fusion(taps, (x.shape[-2] // GRID_STRIDE, x.shape[-1] // GRID_STRIDE))
+        return feats if self.standardiser is None else self.standardiser(feats)
+
+
+class FeatureStandardiser(nn.Module):
+    """Per-channel (f - mean) / std with statistics pooled over the first :data:`STANDARDISE_BATCHES` forwards in
+    training mode (all positions of all images), fixed afterwards; identity until the first batch."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.register_buffer("batches", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("total", torch.zeros(channels, dtype=torch.float64))
+        self.register_buffer("total_sq", torch.zeros(channels, dtype=torch.float64))
+        self.register_buffer("mean", torch.zeros(channels))
+        self.register_buffer("inv_std", torch.ones(channels))
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        if self.training and int(self.batches) < STANDARDISE_BATCHES:
+            self._accumulate(feats.detach())
+        return (feats - self.mean.to(feats.dtype)[:, None, None]) * self.inv_std.to(feats.dtype)[:, None, None]
+
+    @torch.no_grad()
+    def _accumulate(self, feats: torch.Tensor) -> None:
+        f = feats.double().transpose(0, 1).reshape(feats.shape[1], -1)  # (D, B*h*w)
+        self.batches += 1
+        self.count += f.shape[1]
+        self.total += f.sum(dim=1)
+        self.total_sq += (f * f).sum(dim=1)
+        mean = self.total / self.count
+        var = (self.total_sq / self.count - mean * mean).clamp_min(0)
+        self.mean.copy_(mean.float())
+        self.inv_std.copy_((var.sqrt() + 1e-6).reciprocal().float())
 
 
 class ConcatFusion(nn.Module):

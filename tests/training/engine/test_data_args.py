@@ -62,7 +62,7 @@ def test_readme_command_builds_on_a_plain_folder_and_the_bundled_sample(frames):
 
 
 def test_a_split_reads_the_presets_own_dataset_spec():
-    ac = load_preset("ac_cpu")  # mask_folder, split from the data's own splits.json
+    ac = load_preset("ac_scratch_cpu")  # mask_folder, split from the data's own splits.json
     run = resolve_run_config(ac, data=str(SAMPLE), split="train", eval_data=str(SAMPLE), eval_split="holdout")
     assert run.train_data.spec == {**ac["data"]["train"], "root": str(SAMPLE), "split": "train"}
     assert len(run.train_data.build()) == 32 and len(run.eval_data.build()) == 8
