@@ -43,10 +43,10 @@ class MethodChoice:
 
 # Chosen from `demo/compare_methods.py` on the bundled sample (numbers in the README and the demo's report).
 METHODS: dict[str, MethodChoice] = {
-    "iic": MethodChoice(preset="iic_cpu", head="main", steps=280),
-    "ac": MethodChoice(preset="ac_cpu", head="main", steps=100),
-    "infoseg": MethodChoice(preset="infoseg_cpu", head="main", steps=320),
-    "picie": MethodChoice(preset="picie_cpu", head="main", steps=160),
+    "iic": MethodChoice(preset="iic_cpu", head="over", steps=280),
+    "ac": MethodChoice(preset="ac_scratch_cpu", head="main", steps=100),
+    "infoseg": MethodChoice(preset="infoseg_scratch_cpu", head="main", steps=320),
+    "picie": MethodChoice(preset="picie_scratch_cpu", head="main", steps=160),
 }
 DEFAULT_METHOD = "iic"
 HEADS = ("main", "over")

@@ -159,3 +159,14 @@ def test_a_standardised_trunk_trains_a_step_and_its_statistics_move():
     method.training_step(batch, FitContext(device=torch.device("cpu")))
     (standardiser,) = [b.standardiser for b in method.backbones()]
     assert int(standardiser.batches) >= 1 and float(standardiser.inv_std.min()) != 1.0
+
+
+def test_iic_loss_on_the_feature_grid_trains_and_needs_a_backbone():
+    method = build_method("iic", {"n_clusters": 4, **BACKBONE_TINY["iic"], "loss_grid": "features"})
+    method.on_fit_start(FitContext(device=torch.device("cpu")))
+    method.train()
+    out = method.training_step(next(iter(_loader())), FitContext(device=torch.device("cpu")))
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and float(out["loss"]) <= 1e-6  # -MI <= 0
+    with pytest.raises(ConfigError, match="loss_grid"):
+        build_method("iic", {"n_clusters": 4, "loss_grid": "features"})

@@ -102,6 +102,10 @@ class IICConfig(MethodConfig):
     # Net10a's 1x1 head pads by 1 (official, docs/METHODS.md §I6): a ring of uniform probabilities around the map,
     # which the argmax turns into cluster 0 along every frame border. 0 (with a bias): no ring (a line's choice).
     head_padding: int = 1
+    # Where the dense MI loss is computed: "input" (probabilities upsampled to the crop, as the paper's stride-2
+    # net) or "features" (the backbone's stride-4 grid, no upsampling: 16x fewer positions; half_T then counts
+    # grid cells). Only with a backbone (docs/METHODS.md §7.4).
+    loss_grid: str = "input"
 
     legacy_keys: ClassVar[dict[str, str]] = {**LEGACY_INPUT_KEYS, "input_size": "input.native_size"}
 
@@ -152,7 +156,7 @@ class IIC(Method):
         mask = self._loss_mask(batch, x)
         f1 = self.net.trunk(self.adapter(x))  # (B, C', H/2-4, W/2-4); two passes: separate BN statistics
         f2 = self.net.trunk(self.adapter(x2))
-        size = (x.shape[-2], x.shape[-1])
+        size = (x.shape[-2], x.shape[-1]) if self.config.loss_grid == "input" else (f1.shape[-2], f1.shape[-1])
         logs: dict[str, Any] = {}
         total = x.new_zeros(())
         for head in heads:
@@ -275,6 +279,9 @@ def _validate(c: IICConfig) -> None:
         raise ConfigError(f"IICConfig.flip_p must be in [0, 1], got {c.flip_p}")
     if c.head_padding not in (0, 1):
         raise ConfigError(f"IICConfig.head_padding must be 0 or 1, got {c.head_padding}")
+    if c.loss_grid not in ("input", "features") or (c.loss_grid == "features" and c.backbone is None):
+        raise ConfigError(f"IICConfig.loss_grid must be 'input', or 'features' with a backbone; got "
+                          f"{c.loss_grid!r} with backbone {'set' if c.backbone is not None else 'null'}")
     if c.width <= 0:
         raise ConfigError(f"IICConfig.width must be positive, got {c.width}")
     if not 0 <= c.inference_sub_head < c.num_sub_heads:
