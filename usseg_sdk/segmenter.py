@@ -230,6 +230,15 @@ class Segmenter:
             else:
                 self.predict(frame)
 
+    def tile_for(self, frame: np.ndarray) -> tuple[int, int] | None:
+        """The tile (H, W) ``predict`` cuts ``frame`` into, or None when it runs the frame whole.
+
+        Example:
+            >>> seg.tile_for(np.zeros((3000, 4000), np.uint8))     # doctest: +SKIP
+            (1520, 1360)
+        """
+        return self._prepare(frame).tile
+
     def preprocess(self, frames: Sequence[np.ndarray]) -> np.ndarray:
         """The exact graph input ``predict_batch`` builds for untiled frames of one padded size (a new array).
 
