@@ -9,7 +9,7 @@ Examples:
         --min-shape 1x256x256 --opt-shape 4x256x1600 --max-shape 8x256x1600
 
 The graph takes any frame size (a multiple of the net's stride: the runtime pads); frames above a pixel budget
-(--max-pixels, default 4 MP) are tiled by the runtime with an overlap from the net's measured receptive field.
+(--max-pixels, default 1 MP) are tiled by the runtime with an overlap from the net's measured receptive field.
 Verification runs on the user's frames at their own size, as the runtime will run them; it and int8 calibration
 print which frames they used (see export/frames.py for the defaults).
 
@@ -71,7 +71,7 @@ def _add_shape_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--static-from", type=Path, metavar="DIR",
                    help="a static graph sized to hold the frames in DIR (their largest height and width)")
     g.add_argument("--max-pixels", type=int,
-                   help="pixel budget: the runtime tiles larger frames, and feeds no call more (default 4000000)")
+                   help="pixel budget: the runtime tiles larger frames, and feeds no call more (default 1000000)")
     g.add_argument("--batch-size", type=int, default=1, help="static batch size")
     g.add_argument("--exporter", choices=EXPORTERS, default="auto",
                    help="auto: torch.onnx dynamo, falling back to TorchScript with the reason logged")

@@ -56,7 +56,7 @@ class SegmenterConfig(BaseModel):
     overlap: int | None = Field(default=None, ge=0, description="pixels shared by neighbouring tiles")
     max_pixels: int | None = Field(
         default=None, ge=1, description="tile frames above this many pixels, and feed no backend call more (memory "
-                                        "bound); None: the model's meta.tiling.max_pixels, else 4 MP")
+                                        "bound); None: the model's meta.tiling.max_pixels, else 1 MP")
     batch_size: int = Field(default=8, ge=1, description="frames or tiles per backend call")
     scores: bool = Field(default=True, description="return class scores when the model has a scores output")
     clusters: bool = Field(default=True, description="return the raw cluster map beside the labels")
@@ -129,7 +129,7 @@ def add_runtime_arguments(p: argparse.ArgumentParser, *, device: bool = True, ba
     p.add_argument("--tile-size", type=_size_argument, help="tile H x W, e.g. 256x512 (default: the model's)")
     p.add_argument("--overlap", type=int, help="tile overlap in pixels (default: the model's)")
     p.add_argument("--max-pixels", type=int, help="tile frames above this many pixels (default: the model's, else "
-                                                  "4000000)")
+                                                  "1000000)")
     p.add_argument("--no-tiling", action="store_true", help="run every frame whole")
     if batch_size:
         p.add_argument("--batch-size", type=int, help="frames or tiles per backend call (default 8)")

@@ -24,6 +24,7 @@ from export.verify import Thresholds, load_frames, verify_model
 from tests.export.tiny_methods import TinySeg, train_steps
 from training.cli_fit import LineProgress
 from usseg_sdk import Segmenter, SegmenterConfig
+from usseg_sdk.tiling import DEFAULT_MAX_PIXELS
 
 SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "neu-seg"
 
@@ -55,7 +56,7 @@ def test_default_export_is_dynamic_and_runs_any_frame_size(tiny, frames, tmp_pat
     result = export_method(tiny, ExportOptions(out=tmp_path / "out", verify_images=frames, verify_count=2))
     dims = onnx.load(str(tmp_path / "out" / "model.onnx")).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_param for d in dims] == ["batch", "", "height", "width"]
-    assert result.meta.tiling.tile_size is None and result.meta.tiling.max_pixels == 4_000_000
+    assert result.meta.tiling.tile_size is None and result.meta.tiling.max_pixels == DEFAULT_MAX_PIXELS == 1_000_000
     seg = Segmenter(tmp_path / "out", config=SegmenterConfig(device="cpu"))
     rng = np.random.default_rng(0)
     for size in [(200, 200), (96, 160)]:
@@ -79,6 +80,14 @@ def test_overlap_comes_from_the_measured_receptive_field():
         return torch.cat([mean, torch.zeros_like(mean)], 1).softmax(1)
 
     assert receptive_radius(global_context, channels=1) is None
+
+    valid = nn.Conv2d(1, 3, 5, bias=False)  # no padding: the map is 4 px smaller, then stretched to the frame
+
+    def stretched(x):
+        y = valid(x.float() / 255)
+        return nn.functional.interpolate(y, size=x.shape[-2:], mode="bilinear").softmax(1)
+
+    assert receptive_radius(stretched, channels=1) is None  # positions drift with the frame size: not tileable
     assert overlap_for(2, 1) == 32 and overlap_for(40, 8) == 80 and overlap_for(None, 16) == MAX_OVERLAP
 
 
