@@ -36,8 +36,8 @@ from export.calibrate import CalibrationOptions, CalibrationResult, calibrate, s
 from export.channel_softmax import decompose_channel_softmax
 from export.einsum_conv import einsum_to_conv
 from export.errors import ExportError, VerificationError
-from export.graph import InferenceGraph, build_inference_graph
 from export.frames import FrameFolder, FrameProgress, int8_frames, largest_size, training_frames, verify_frames
+from export.graph import InferenceGraph, build_inference_graph
 from export.quantize import Int8Options, Int8Result, quantize_int8
 from export.receptive_field import overlap_for, receptive_radius
 from export.verify import DEFAULT_THRESHOLDS, Thresholds, deployed_input, load_frames, verify_model
@@ -210,7 +210,8 @@ def _float32_graph(method: Method, o: ExportOptions, training: TrainingSummary) 
     softmaxes = decompose_channel_softmax(model)  # onnxruntime's Softmax over axis 1 is its slowest node
     meta = ModelMeta.uncalibrated(
         method=method.name, n_clusters=k, input=spec,
-        outputs=OutputSpec(scores="scores" if o.scores else None), tiling=_tiling(spec, o, radius, example), precision="fp32",
+        outputs=OutputSpec(scores="scores" if o.scores else None), tiling=_tiling(spec, o, radius, example),
+        precision="fp32",
         training=training, versions=package_versions(), exporter=exported.exporter, opset=o.opset,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     details = {"exporter": exported.exporter, "opset": o.opset, "head": o.head, "dynamic": o.dynamic,

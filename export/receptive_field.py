@@ -3,8 +3,9 @@
 Tiling equals the untiled prediction when neighbouring tiles share at least twice the receptive-field radius
 (:mod:`usseg_sdk.tiling`). The radius is measured rather than computed from the layers: one pixel in the middle of a
 random frame is changed and the farthest output pixel (Chebyshev distance) whose probabilities move by more than
-:data:`TOLERANCE` is the radius (the measurement the export records; :func:`overlap_for` turns it into the overlap). Deep nets have a theoretical receptive field of hundreds of pixels whose outer part
-carries almost no weight (the effective receptive field); the tolerance keeps that tail out, so the overlap is what
+:data:`TOLERANCE` of the largest move is the radius (export records it in ``verify.json``; :func:`overlap_for` turns
+it into the overlap). Deep nets have a theoretical receptive field of hundreds of pixels whose outer part carries
+almost no weight (the effective receptive field); the tolerance keeps that tail out, so the overlap is what
 changes predictions, not what changes the eighth decimal. A net with global context (attention, pooling over the
 frame) reaches the border: its overlap is capped at :data:`MAX_OVERLAP` and tiles agree with the whole frame only
 approximately (the verification reports how well).

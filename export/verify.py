@@ -52,8 +52,8 @@ from export.onnx_export import PROBS_NAME, TAIL_PREFIX
 from usseg_sdk.config import SegmenterConfig
 from usseg_sdk.meta import ModelMeta
 from usseg_sdk.metrics import ConfusionMatrix, apply_mapping, fit_mapping, segmentation_scores
-from usseg_sdk.segmenter import Segmenter
 from usseg_sdk.preprocess import fill_padded, model_planes, padded_size, validate_frame
+from usseg_sdk.segmenter import Segmenter
 from usseg_sdk.sources import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)

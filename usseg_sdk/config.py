@@ -39,8 +39,9 @@ class SegmenterConfig(BaseModel):
 
     Tiling: frames larger than the tile (``tile_size``, else the model's ``meta.tiling.tile_size``) are cut into
     overlapping tiles; without a tile size, frames above ``max_pixels`` (else ``meta.tiling.max_pixels``, else
-    ``usseg_sdk.tiling.DEFAULT_MAX_PIXELS``) are, so memory stays bounded; ``tiling=False`` runs every frame whole. ``overlap`` (else ``meta.tiling.overlap``) should
-    be at least twice the net's receptive-field radius for the tiled result to equal the untiled one.
+    ``usseg_sdk.tiling.DEFAULT_MAX_PIXELS``) are, so memory stays bounded; ``tiling=False`` runs every frame
+    whole. ``overlap`` (else ``meta.tiling.overlap``) should be at least twice the net's receptive-field radius for
+    the tiled result to equal the untiled one.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)

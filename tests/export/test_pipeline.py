@@ -37,7 +37,8 @@ def tiny():
 
 
 def _options(out: Path, **kw) -> ExportOptions:
-    frames = {"verify_images": SAMPLE / "images", "verify_masks": SAMPLE / "masks", "int8_calibration": SAMPLE / "images"}
+    frames = {"verify_images": SAMPLE / "images", "verify_masks": SAMPLE / "masks",
+              "int8_calibration": SAMPLE / "images"}
     return ExportOptions(out=out, input_size=kw.pop("input_size", (64, 64)), verify_count=kw.pop("verify_count", 3),
                          int8_count=kw.pop("int8_count", 4), **{**frames, **kw})
 
