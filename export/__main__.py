@@ -1,11 +1,17 @@
 """``python -m export RUN_DIR_OR_CHECKPOINT``: a trained method -> a deployable model folder for ``usseg_sdk``.
 
 Examples:
-    python -m export runs/iic_neu --out models/iic_neu                          # model.onnx, fp32, verified
-    python -m export runs/iic_neu --calibrate samples/neu-seg/images samples/neu-seg/masks --scores
-    python -m export runs/picie --dynamic --precision int8 --int8-calibration frames/
-    python -m export runs/ac --format onnx engine --precision fp16 --dynamic \\
+    python -m export runs/iic_neu --out models/iic_neu                # model.onnx, fp32, any frame size, verified
+    python -m export runs/iic_neu --calibrate line/images line/masks --scores
+    python -m export runs/picie --precision int8 --int8-frames line/frames --verify-frames line/frames
+    python -m export runs/iic_neu --static-from line/frames           # a static graph sized for the line's frames
+    python -m export runs/ac --format onnx engine --precision fp16 \\
         --min-shape 1x256x256 --opt-shape 4x256x1600 --max-shape 8x256x1600
+
+The graph takes any frame size (a multiple of the net's stride: the runtime pads); frames above a pixel budget
+(--max-pixels, default 1 MP) are tiled by the runtime with an overlap from the net's measured receptive field.
+Verification runs on the user's frames at their own size, as the runtime will run them; it and int8 calibration
+print which frames they used (see export/frames.py for the defaults).
 
 Exit status: 0 exported and verified; 1 verification failed (the numbers are printed and written to
 ``verify.failed.json``); 2 bad input (checkpoint, options, data), with the reason.
@@ -59,16 +65,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _add_shape_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("graph")
-    g.add_argument("--dynamic", action="store_true", help="symbolic batch, height and width")
-    g.add_argument("--input-size", type=_size,
-                   help="HxW of a static graph (default: the size of the --calibrate or --verify-images frames "
-                        "when they share one, else the net's native size, else 256x256)")
+    g.add_argument("--dynamic", action="store_true", help="symbolic batch, height and width (the default)")
+    g.add_argument("--static", "--input-size", dest="static", type=_size, metavar="HxW",
+                   help="a static graph of this size instead (frames larger than it are tiled)")
+    g.add_argument("--static-from", type=Path, metavar="DIR",
+                   help="a static graph sized to hold the frames in DIR (their largest height and width)")
+    g.add_argument("--max-pixels", type=int,
+                   help="pixel budget: the runtime tiles larger frames, and feeds no call more (default 1000000)")
     g.add_argument("--batch-size", type=int, default=1, help="static batch size")
     g.add_argument("--exporter", choices=EXPORTERS, default="auto",
                    help="auto: torch.onnx dynamo, falling back to TorchScript with the reason logged")
     g.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
     g.add_argument("--tile-size", type=_size, help="default tile HxW the runtime cuts large frames into")
-    g.add_argument("--tile-overlap", type=int, help="default tile overlap in pixels")
+    g.add_argument("--tile-overlap", type=int,
+                   help="tile overlap in pixels (default: twice the measured receptive-field radius, 32..128)")
 
 
 def _add_calibration_arguments(p: argparse.ArgumentParser) -> None:
@@ -92,8 +102,10 @@ def _add_calibration_arguments(p: argparse.ArgumentParser) -> None:
 def _add_verify_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("verification (onnxruntime CPU through usseg_sdk.Segmenter)")
     g.add_argument("--no-verify", action="store_true", help="skip verification (not recommended)")
-    g.add_argument("--verify-images", type=Path, help="frames (default: samples/neu-seg/images)")
-    g.add_argument("--verify-masks", type=Path, help="their masks, for the mIoU drop (default with the sample)")
+    g.add_argument("--verify-frames", "--verify-images", dest="verify_images", type=Path, metavar="DIR",
+                   help="the line's frames, checked at their own size (default: the --calibrate frames, else the "
+                        "int8 frames, else the run's training folder; the bundled sample only with a warning)")
+    g.add_argument("--verify-masks", type=Path, help="their masks, for the mIoU drop")
     g.add_argument("--verify-count", type=int, default=16, help="frames used")
     g.add_argument("--max-abs-diff", type=float, help="probabilities / scores vs torch (fp32 default 1e-4)")
     g.add_argument("--min-agreement", type=float, help="label agreement with torch (fp32 0.999, fp16 0.99, int8 0.95)")
@@ -103,7 +115,9 @@ def _add_verify_arguments(p: argparse.ArgumentParser) -> None:
 
 def _add_int8_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("int8 (onnxruntime static QDQ quantization)")
-    g.add_argument("--int8-calibration", type=Path, help="folder of real frames (default: samples/neu-seg/images)")
+    g.add_argument("--int8-frames", "--int8-calibration", dest="int8_calibration", type=Path, metavar="DIR",
+                   help="the line's frames for the activation ranges (default: the run's training folder, else the "
+                        "--calibrate or --verify-frames frames; never the bundled sample)")
     g.add_argument("--int8-count", type=int, default=32, help="calibration frames used")
     g.add_argument("--int8-float-layers", default="first,last",
                    help="weighted layers kept in float: 'first,last' (default), 'first', 'last' or 'none'")
@@ -145,9 +159,11 @@ def options_from_args(args: argparse.Namespace) -> ExportOptions:
     layers = tuple(x.strip() for x in args.int8_float_layers.split(",") if x.strip() and x.strip() != "none")
     return ExportOptions(
         out=args.out or _default_out(args.source), formats=tuple(dict.fromkeys(args.format)),
-        precision=args.precision, head=args.head, scores=args.scores, dynamic=args.dynamic,
-        input_size=args.input_size, batch_size=args.batch_size, exporter=args.exporter, opset=args.opset,
-        tile_size=args.tile_size, tile_overlap=args.tile_overlap, calibration=cal, verify=not args.no_verify,
+        precision=args.precision, head=args.head, scores=args.scores,
+        dynamic=args.static is None and args.static_from is None, input_size=args.static,
+        static_from=args.static_from, batch_size=args.batch_size, exporter=args.exporter, opset=args.opset,
+        tile_size=args.tile_size, tile_overlap=args.tile_overlap, max_pixels=args.max_pixels, calibration=cal,
+        verify=not args.no_verify, progress=True,
         verify_images=args.verify_images, verify_masks=args.verify_masks, verify_count=args.verify_count,
         thresholds=thresholds, keep_failed=args.keep_failed,
         int8=Int8Options(float_layers=layers, per_channel=not args.int8_per_tensor, method=args.int8_method,
@@ -189,8 +205,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _numbers(report: dict) -> dict:
-    keys = ("precision", "n_images", "max_abs_diff_probs", "max_abs_diff_scores", "label_agreement",
-            "cluster_agreement", "miou_reference", "miou_model", "miou_drop", "thresholds")
+    keys = ("precision", "frames", "n_images", "frame_sizes", "tiled_frames", "max_abs_diff_probs",
+            "max_abs_diff_scores", "label_agreement", "cluster_agreement", "miou_reference", "miou_model", "miou_drop",
+            "agreement_note", "thresholds")
     return {k: report.get(k) for k in keys}
 
 
@@ -200,9 +217,18 @@ def _print_result(result: ExportResult) -> None:
     meta = result.meta
     print(f"exported {meta.method} ({meta.n_clusters} clusters -> {meta.n_classes} classes, {meta.precision}, "
           f"opset {meta.opset}, {meta.exporter})")
+    details, tiling = result.details, meta.tiling
+    shape = "any H x W" if details.get("dynamic") else "x".join(map(str, details.get("example_shape", [])[2:]))
+    tiles = f"tile {tiling.tile_size[0]}x{tiling.tile_size[1]}" if tiling.tile_size else \
+        f"tiles above {tiling.max_pixels} px"
+    print(f"input {shape} (stride {meta.input.stride}); {tiles}, overlap {tiling.overlap}")
+    int8 = details.get("int8")
+    if int8:
+        print(f"int8 calibration: {int8['frames']}")
     if result.verify is not None:
         print("verified: " + ", ".join(f"{k} {v:.6g}" if isinstance(v, float) else f"{k} {v}"
-                                       for k, v in _numbers(result.verify).items() if k != "thresholds"))
+                                       for k, v in _numbers(result.verify).items()
+                                       if k != "thresholds" and v is not None))
     for path in result.files:
         print(f"-> {path}")
 

@@ -21,8 +21,9 @@ __all__ = ["MODES", "CalibrationOptions", "CalibrationResult", "calibrate", "pri
 
 
 def calibrate(model_path: Path, options: CalibrationOptions) -> CalibrationResult:
-    """Fit the cluster-to-class mapping of the ONNX model at ``model_path`` on the labelled frames (CPU, untiled)."""
-    config = SegmenterConfig(device="cpu", tiling=False, clusters=True, scores=False)
+    """Fit the cluster-to-class mapping of the ONNX model at ``model_path`` on the labelled frames (CPU, tiled as
+    the model's metadata says, as the line will run them)."""
+    config = SegmenterConfig(device="cpu", clusters=True, scores=False)
     with Segmenter(model_path, config=config) as seg:
         return calibrate_model(seg, options)
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -27,7 +28,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import cv2
 import onnx
 import torch
 
@@ -36,9 +36,11 @@ from export.calibrate import CalibrationOptions, CalibrationResult, calibrate, s
 from export.channel_softmax import decompose_channel_softmax
 from export.einsum_conv import einsum_to_conv
 from export.errors import ExportError, VerificationError
+from export.frames import FrameFolder, FrameProgress, int8_frames, largest_size, training_frames, verify_frames
 from export.graph import InferenceGraph, build_inference_graph
 from export.quantize import Int8Options, Int8Result, quantize_int8
-from export.verify import DEFAULT_THRESHOLDS, Thresholds, fit_frame, load_frames, verify_model
+from export.receptive_field import overlap_for, receptive_radius
+from export.verify import DEFAULT_THRESHOLDS, Thresholds, deployed_input, load_frames, verify_model
 from training.methods.base import Method
 from usseg_sdk.atomic import write_text_atomic
 from usseg_sdk.calibrate import class_names_for
@@ -46,15 +48,13 @@ from usseg_sdk.config import SegmenterConfig
 from usseg_sdk.meta import ModelMeta, OutputSpec, TilingSpec, TrainingSummary
 from usseg_sdk.preprocess import round_up
 from usseg_sdk.segmenter import Segmenter
-from usseg_sdk.sources import IMAGE_SUFFIXES
+from usseg_sdk.tiling import DEFAULT_MAX_PIXELS
 
 log = logging.getLogger(__name__)
 
-SAMPLE_DIR = Path(__file__).resolve().parents[1] / "samples" / "neu-seg"
 PRECISIONS = ("fp32", "fp16", "int8")
 FORMATS = ("onnx", "engine")
 DEFAULT_SIZE = (256, 256)  # static input when the method has no native size and --input-size is not given
-DEFAULT_OVERLAP = 32  # tile overlap when --tile-size is given without --tile-overlap
 ARTIFACTS = ("model.onnx", "model.json", "verify.json", "verify.failed.json", "model.engine", "model.engine.json")
 
 
@@ -75,24 +75,28 @@ class ExportOptions:
     precision: str = "fp32"
     head: str = "main"
     scores: bool = False
-    dynamic: bool = False
+    dynamic: bool = True  # symbolic batch, height and width; False: a static graph of input_size / static_from
     input_size: tuple[int, int] | None = None  # (H, W) of a static graph (and of the dynamic export's example)
+    static_from: Path | None = None  # a static graph sized to hold the frames of this folder (with dynamic=False)
     batch_size: int = 1  # static batch
     exporter: str = "auto"
     opset: int = onnx_export.OPSET
     tile_size: tuple[int, int] | None = None
-    tile_overlap: int | None = None
+    tile_overlap: int | None = None  # default: from the measured receptive field (export.receptive_field)
+    max_pixels: int | None = None  # ModelMeta.tiling.max_pixels; default usseg_sdk.tiling.DEFAULT_MAX_PIXELS
     calibration: CalibrationOptions | None = None
     verify: bool = True
-    verify_images: Path | None = None  # default: the bundled sample
+    verify_images: Path | None = None  # default: see export.frames (the user's frames, else the bundled sample)
     verify_masks: Path | None = None
     verify_count: int = 16
     thresholds: Thresholds | None = None  # default: DEFAULT_THRESHOLDS[precision]
     int8: Int8Options = field(default_factory=Int8Options)
-    int8_calibration: Path | None = None  # default: the bundled sample's images
+    int8_calibration: Path | None = None  # default: see export.frames (the user's frames, never the sample)
     int8_count: int = 32
+    training_frames: Path | None = None  # the run's training data folder (export_checkpoint reads the config)
     engine: EngineOptions = field(default_factory=EngineOptions)
     keep_failed: bool = False
+    progress: bool = False  # progress of int8 calibration and verification on stdout (the CLI sets it)
 
 
 @dataclass
@@ -102,6 +106,7 @@ class ExportResult:
     files: list[Path]
     verify: dict[str, Any] | None
     calibration: CalibrationResult | None = None
+    details: dict[str, Any] = field(default_factory=dict)  # verify.json's "export": graph, tiling, int8 frames
 
 
 # -- entry points -----------------------------------------------------------------------------------------------
@@ -110,6 +115,8 @@ def export_checkpoint(source: Path, options: ExportOptions, prefer: str = "best"
     from training.checkpoint import load_method  # CheckpointError (names the file) propagates to the caller
 
     method, run_info = load_method(source, device="cpu", prefer=prefer)
+    if options.training_frames is None:
+        options = replace(options, training_frames=training_frames(run_info.config))
     return export_method(method, options, training=training_summary(run_info))
 
 
@@ -141,6 +148,10 @@ def _check_options(o: ExportOptions) -> None:
         raise ExportError(f"--format takes {FORMATS}, got {list(o.formats)}")
     if o.batch_size < 1 or o.verify_count < 1 or o.int8_count < 1:
         raise ExportError("batch size and image counts must be >= 1")
+    if o.dynamic and o.static_from is not None:
+        raise ExportError("--static-from makes a static graph: it cannot be combined with a dynamic export")
+    if o.max_pixels is not None and o.max_pixels < 1:
+        raise ExportError(f"--max-pixels must be >= 1, got {o.max_pixels}")
     if "engine" in o.formats:  # fail before the export work, not after it
         from export import tensorrt
 
@@ -178,7 +189,7 @@ def _export_into(method: Method, o: ExportOptions, training: TrainingSummary, st
         summary["calibration"] = cal.report()
     write_text_atomic(staging / "verify.json", json.dumps(summary, indent=2) + "\n")
     files.append(staging / "verify.json")
-    return ExportResult(staging, meta, files, report, cal)
+    return ExportResult(staging, meta, files, report, cal, details)
 
 
 def _float32_graph(method: Method, o: ExportOptions, training: TrainingSummary) -> _Float32Graph:
@@ -191,6 +202,7 @@ def _float32_graph(method: Method, o: ExportOptions, training: TrainingSummary) 
     example = _example(spec, o)
     inference_net = method.inference_net(o.head)
     graph, folded = build_inference_graph(inference_net, example)
+    radius = receptive_radius(InferenceGraph(inference_net).eval(), spec.channels, spec.stride, spec.min_size)
     exported = onnx_export.export_graph(graph, example, dynamic=o.dynamic, min_size=spec.min_size,
                                         exporter=o.exporter, opset=o.opset)
     k = heads[o.head]
@@ -198,55 +210,55 @@ def _float32_graph(method: Method, o: ExportOptions, training: TrainingSummary) 
     softmaxes = decompose_channel_softmax(model)  # onnxruntime's Softmax over axis 1 is its slowest node
     meta = ModelMeta.uncalibrated(
         method=method.name, n_clusters=k, input=spec,
-        outputs=OutputSpec(scores="scores" if o.scores else None), tiling=_tiling(spec, o), precision="fp32",
+        outputs=OutputSpec(scores="scores" if o.scores else None), tiling=_tiling(spec, o, radius, example),
+        precision="fp32",
         training=training, versions=package_versions(), exporter=exported.exporter, opset=o.opset,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     details = {"exporter": exported.exporter, "opset": o.opset, "head": o.head, "dynamic": o.dynamic,
-               "example_shape": list(example.shape), "folded_batchnorms": len(folded),
+               "example_shape": list(example.shape), "receptive_field_radius": radius,
+               "folded_batchnorms": len(folded),
                "decomposed_softmaxes": softmaxes, "nodes": onnx_export.node_counts(model)}
     return _Float32Graph(model, meta, inference_net, details)
 
 
 def user_frame_size(o: ExportOptions) -> tuple[int, int] | None:
-    """The size shared by all the user's own frames (calibration, else --verify-images), for a static graph.
+    """The (H, W) of a static graph sized from the user's frames: ``static_from``, else the calibration, verification
+    or int8 frames; the largest height and width among them (smaller frames are padded). None with no such folder.
 
-    A net trained on crops is exported for the frames the line delivers, not for the crop: a frame of another
-    size than a static graph is tiled by the runtime. None when no such folder was given or sizes differ.
+    A net trained on crops is exported for the frames the line delivers, not for the crop: a frame larger than a
+    static graph is tiled by the runtime.
     """
-    folder = o.calibration.images if o.calibration is not None else o.verify_images
-    if folder is None or not Path(folder).is_dir():
+    folder = o.static_from or (o.calibration.images if o.calibration is not None else None) or o.verify_images \
+        or o.int8_calibration
+    if folder is None:
         return None
-    sizes = set()
-    for path in sorted(Path(folder).iterdir()):
-        if path.suffix.lower() in IMAGE_SUFFIXES:
-            frame = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-            if frame is not None:
-                sizes.add(frame.shape[:2])
-    if len(sizes) != 1:
-        return None
-    (size,) = sizes
-    log.info("static input %dx%d: the size of the frames in %s (choose with --input-size, or --dynamic)",
-             size[0], size[1], folder)
+    size = largest_size(Path(folder))
+    log.info("static input %dx%d: the largest frame size in %s", size[0], size[1], folder)
     return size
 
 
 def _example(spec: Any, o: ExportOptions) -> torch.Tensor:
-    """The uint8 example input: the static shape, or for --dynamic a batch of 2 (torch.export specialises 1)."""
+    """The uint8 example input: the static shape, or for a dynamic graph a batch of 2 (torch.export specialises 1)
+    at ``input_size``, else the net's native size, else :data:`DEFAULT_SIZE` (any size works after export)."""
     h, w = o.input_size or (None if o.dynamic else user_frame_size(o)) or spec.native_size or DEFAULT_SIZE
     h, w = (round_up(max(h, spec.min_size), spec.stride), round_up(max(w, spec.min_size), spec.stride))
     if o.input_size is not None and (h, w) != tuple(o.input_size):
-        raise ExportError(f"--input-size {o.input_size[0]}x{o.input_size[1]} must be a multiple of the stride "
+        raise ExportError(f"--static {o.input_size[0]}x{o.input_size[1]} must be a multiple of the stride "
                           f"{spec.stride} and at least {spec.min_size}; e.g. {h}x{w}")
     batch = 2 if o.dynamic else o.batch_size
     generator = torch.Generator().manual_seed(0)
     return torch.randint(0, 256, (batch, spec.channels, h, w), dtype=torch.uint8, generator=generator)
 
 
-def _tiling(spec: Any, o: ExportOptions) -> TilingSpec:
-    if o.tile_size is None:
-        return TilingSpec()
-    overlap = o.tile_overlap if o.tile_overlap is not None else round_up(DEFAULT_OVERLAP, spec.stride)
-    return TilingSpec(tile_size=o.tile_size, overlap=overlap)
+def _tiling(spec: Any, o: ExportOptions, radius: int | None, example: torch.Tensor) -> TilingSpec:
+    """Tile size (--tile-size), overlap (--tile-overlap, else from the receptive field) and pixel budget.
+
+    A static graph is tiled at its own size; its overlap is kept below half of it (the runtime's requirement)."""
+    overlap = o.tile_overlap if o.tile_overlap is not None else overlap_for(radius, spec.stride)
+    tile = o.tile_size if o.tile_size is not None else (None if o.dynamic else tuple(example.shape[2:]))
+    if tile is not None and o.tile_overlap is None:
+        overlap = min(overlap, max(0, (min(tile) - 1) // 2 // spec.stride * spec.stride))
+    return TilingSpec(tile_size=o.tile_size, overlap=overlap, max_pixels=o.max_pixels or DEFAULT_MAX_PIXELS)
 
 
 def _write(model: onnx.ModelProto, meta: ModelMeta, path: Path) -> None:
@@ -270,40 +282,66 @@ def _convert_precision(model: onnx.ModelProto, meta: ModelMeta, fp32_path: Path,
         _write(converted, meta, final)
         details["nodes_fp16"] = onnx_export.node_counts(converted)
     else:
-        int8 = _quantize(fp32_path, staging / "model.int8.onnx", meta, o)
+        int8, used = _quantize(fp32_path, staging / "model.int8.onnx", meta, o)
         quantized = onnx.load(str(int8.path))
         int8.path.unlink()
         details["einsum_convs"] = einsum_to_conv(quantized)  # after quantization: its float region is unchanged
         _write(quantized, meta, final)
         details["int8"] = {"float_nodes": int8.float_nodes, "quantized_layers": int8.quantized_nodes,
-                           "calibration_frames": int8.n_calibration, "options": _plain(o.int8)}
+                           "calibration_frames": int8.n_calibration, "frames": used, "options": _plain(o.int8)}
     return final, meta, details
 
 
-def _quantize(fp32_path: Path, out: Path, meta: ModelMeta, o: ExportOptions) -> Int8Result:
-    folder = o.int8_calibration or SAMPLE_DIR / "images"
-    frames = load_frames(folder, count=o.int8_count, channels=meta.input.channels)
-    seg = Segmenter(fp32_path, config=SegmenterConfig(device="cpu", tiling=False))
-    try:
-        static = seg.backend.inputs[0].shape
-        static_hw = (static[2], static[3]) if static and static[2] and static[3] else None
-        batches = [seg.preprocess([fit_frame(f, static_hw).frame]) for f in frames]
-    finally:
-        seg.close()
+def _int8_folder(o: ExportOptions) -> FrameFolder:
+    return int8_frames((o.int8_calibration, "--int8-frames"), (o.training_frames, "the run's training data"),
+                       (o.calibration.images if o.calibration is not None else None, "the --calibrate frames"),
+                       (o.verify_images, "--verify-frames"))
+
+
+def _quantize(fp32_path: Path, out: Path, meta: ModelMeta, o: ExportOptions) -> tuple[Int8Result, str]:
+    """int8 on the user's frames, each fed as the line feeds it (whole, or its first tile); returns the result
+    and which frames were used."""
+    source = _int8_folder(o)
+    frames = load_frames(source.folder, count=o.int8_count, channels=meta.input.channels)
+    used = source.describe(len(frames))
+    log.info("int8 calibration: %s", used)
+    with Segmenter(fp32_path, config=SegmenterConfig(device="cpu")) as seg:
+        batches = [deployed_input(seg, f.frame) for f in frames]
     options = o.int8 if "engine" not in o.formats else replace(o.int8, target="tensorrt")
-    return quantize_int8(fp32_path, out, batches, options)
+    progress = FrameProgress("int8 calibration", len(batches)) if o.progress else None
+    try:
+        return quantize_int8(fp32_path, out, batches, options, progress=progress), used
+    finally:
+        if progress is not None:
+            progress.close()
 
 
 def _verify(model_path: Path, reference: InferenceGraph, meta: ModelMeta, o: ExportOptions) -> dict[str, Any]:
-    images = o.verify_images or SAMPLE_DIR / "images"
-    masks = o.verify_masks if o.verify_images else (o.verify_masks or SAMPLE_DIR / "masks")
-    frames = load_frames(images, masks, count=o.verify_count, channels=meta.input.channels)
+    cal = o.calibration
+    source = verify_frames(
+        (o.verify_images, "--verify-frames", o.verify_masks),
+        (cal.images if cal is not None else None, "the --calibrate frames", cal.masks if cal is not None else None),
+        (o.int8_calibration if o.precision == "int8" else None, "--int8-frames", None),
+        (o.training_frames, "the run's training data", None))
+    frames = load_frames(source.folder, source.masks, count=o.verify_count, channels=meta.input.channels)
+    log.info("verification: %s", source.describe(len(frames)))
     thresholds = o.thresholds or DEFAULT_THRESHOLDS[o.precision]
     n_gt = meta.n_classes if meta.mapping.kind != "identity" else None
-    if n_gt is None and masks is not None:
-        names = class_names_for(None, None, masks)  # labels.txt beside the masks
+    if n_gt is None and source.masks is not None:
+        names = class_names_for(None, None, source.masks)  # labels.txt beside the masks
         n_gt = len(names) if names else None
-    return verify_model(model_path, reference, frames, thresholds=thresholds, n_gt_classes=n_gt)
+    progress = FrameProgress("verification", len(frames)) if o.progress else None
+    try:
+        report = verify_model(model_path, reference, frames, thresholds=thresholds, n_gt_classes=n_gt,
+                              progress=progress)
+    except VerificationError as e:
+        e.report["frames"] = source.describe(len(frames))
+        raise
+    finally:
+        if progress is not None:
+            progress.close()
+    report["frames"] = source.describe(len(frames))
+    return report
 
 
 def _build_engine(final: Path, fp32_path: Path, meta: ModelMeta, o: ExportOptions, staging: Path,
@@ -312,7 +350,11 @@ def _build_engine(final: Path, fp32_path: Path, meta: ModelMeta, o: ExportOption
 
     trt = tensorrt.import_tensorrt()
     static = None if o.dynamic else _static_shape(final)
-    profile = tensorrt.profile_shapes(meta, static, o.engine.min_shape, o.engine.opt_shape, o.engine.max_shape)
+    shapes = (o.engine.min_shape, o.engine.opt_shape, o.engine.max_shape)
+    if static is None and shapes == (None, None, None):
+        shapes = default_profile(meta)
+        log.info("TensorRT profile (--min/--opt/--max-shape): %s, %s, %s", *shapes)
+    profile = tensorrt.profile_shapes(meta, static, *shapes)
     fp16_mode = tensorrt.resolve_fp16_mode(trt, o.precision, o.engine.fp16_mode)
     source = fp32_path if fp16_mode == "flag" else final  # 10.x builder flag: the float32 graph
     engine = staging / "model.engine"
@@ -322,6 +364,16 @@ def _build_engine(final: Path, fp32_path: Path, meta: ModelMeta, o: ExportOption
     engine_meta = meta.model_copy(update={"versions": versions})
     details["engine"] = report.to_dict()
     return [engine, tensorrt.write_engine_sidecar(engine_meta, engine)]
+
+
+def default_profile(meta: ModelMeta) -> tuple[str, str, str]:
+    """min/opt/max shapes of a dynamic engine when none are given: from the smallest input to a square of the
+    pixel budget (the runtime tiles what is larger), optimised for 1024 x 1024."""
+    stride, budget = meta.input.stride, meta.tiling.max_pixels or DEFAULT_MAX_PIXELS
+    low = round_up(max(meta.input.min_size, 2 * stride), stride)
+    high = max(low, math.isqrt(budget) // stride * stride)
+    mid = min(high, max(low, round_up(1024, stride)))
+    return f"1x{low}x{low}", f"1x{mid}x{mid}", f"1x{high}x{high}"
 
 
 def _static_shape(path: Path) -> tuple[int, int, int, int]:

@@ -1,8 +1,9 @@
 """INT8 for CPU lines (``--precision int8``): static QDQ quantization with onnxruntime's quantization tools.
 
 ``onnxruntime.quantization.quantize_static`` in QDQ format with per-channel int8 weights, its activation
-ranges calibrated on real frames (``--int8-calibration DIR``, default the bundled sample) fed exactly as the
-runtime feeds them (``Segmenter.preprocess`` on the float32 model: channel conversion and stride padding).
+ranges calibrated on the user's frames (``--int8-frames DIR``, else the run's training folder: see
+:mod:`export.frames`) fed exactly as the runtime feeds them (``Segmenter.preprocess`` on the float32 model: channel
+conversion, stride padding, and a frame's first tile where the runtime tiles it).
 
 What stays in float (see :func:`float_nodes`):
 
@@ -22,7 +23,7 @@ symmetric int8 instead, the only activation quantization TensorRT's explicit (Q/
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,11 +62,12 @@ class Int8Result:
 
 
 def quantize_int8(fp32_path: Path, out_path: Path, batches: Sequence[np.ndarray], options: Int8Options,
-                  input_name: str = "image") -> Int8Result:
-    """Quantize the float32 model at ``fp32_path`` into ``out_path``; ``batches`` are uint8 graph inputs."""
+                  input_name: str = "image", progress: Callable[[], None] | None = None) -> Int8Result:
+    """Quantize the float32 model at ``fp32_path`` into ``out_path``; ``batches`` are uint8 graph inputs
+    (``progress`` is called as each is calibrated on)."""
     ort_quant = _import_quantization()
     if not batches:
-        raise ExportError("int8 calibration needs at least one frame (--int8-calibration DIR)")
+        raise ExportError("int8 calibration needs at least one frame (--int8-frames DIR)")
     bad = sorted(set(options.float_layers) - set(FLOAT_LAYER_CHOICES))
     if bad:
         raise ExportError(f"--int8-float-layers accepts {FLOAT_LAYER_CHOICES}, got {bad}")
@@ -76,7 +78,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, batches: Sequence[np.ndarray]
         source = _pre_process(ort_quant, fp32_path, prepared)
         excluded = float_nodes(onnx.load(str(source)), options.float_layers)
         try:
-            _quantize_static(ort_quant, source, out_path, _Reader(input_name, batches), excluded, options)
+            _quantize_static(ort_quant, source, out_path, _Reader(input_name, batches, progress), excluded, options)
         except Exception as e:  # onnxruntime raises plain Exceptions and its pybind errors
             raise ExportError(f"onnxruntime's quantize_static failed on {fp32_path}: {type(e).__name__}: {e}") from e
     finally:
@@ -159,13 +161,16 @@ def _count_quantized_weights(model: onnx.ModelProto) -> int:
 class _Reader:
     """onnxruntime's CalibrationDataReader protocol: ``get_next() -> {input: array} | None``."""
 
-    def __init__(self, input_name: str, batches: Sequence[np.ndarray]):
+    def __init__(self, input_name: str, batches: Sequence[np.ndarray], progress: Callable[[], None] | None = None):
         self.input_name = input_name
         self.batches = list(batches)
+        self.progress = progress
         self._it: Iterator[np.ndarray] = iter(self.batches)
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self._it, None)
+        if batch is not None and self.progress is not None:
+            self.progress()
         return None if batch is None else {self.input_name: batch}
 
     def rewind(self) -> None:

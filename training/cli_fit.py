@@ -246,10 +246,14 @@ def make_progress(args: argparse.Namespace) -> TqdmProgress | LineProgress:
 
 class LineProgress:
     """Without a terminal: one flushed line every ``interval_s`` seconds of the run: steps done of the total,
-    epoch, images/s and mean loss since the last line, and the ETA (from that rate, or the time budget if sooner)."""
+    epoch, images/s and mean loss since the last line, and the ETA (from that rate, or the time budget if sooner).
+
+    With a ``label`` it counts frames of another task instead (export's int8 calibration and verification): each
+    ``step`` is one frame, and the line reads ``LABEL: done/total frames, frames/s, ETA``."""
 
     def __init__(self, interval_s: float = PROGRESS_EVERY_S, stream: Any = None,
-                 clock: Any = time.monotonic):
+                 clock: Any = time.monotonic, label: str | None = None):
+        self.label = label
         self.interval_s = interval_s
         self.stream = stream
         self.clock = clock
@@ -269,7 +273,7 @@ class LineProgress:
     def step(self, values: dict[str, float]) -> None:
         self.steps += 1
         self.images += values.get("images", 0)
-        self.loss_sum += values["loss"]
+        self.loss_sum += values.get("loss", 0.0)
         now = self.clock()
         if now - self.since >= self.interval_s:
             print(self._line(int(values.get("step", 0)), now), file=self.stream or sys.stdout, flush=True)
@@ -286,6 +290,8 @@ class LineProgress:
             eta = (self.total - step) * seconds / self.steps
         if self.deadline is not None:
             eta = max(0.0, self.deadline - now) if eta is None else min(eta, max(0.0, self.deadline - now))
+        if self.label is not None:
+            return f"{self.label}: {step}{total} frames, {self.images / seconds:.1f} frames/s, ETA {_duration(eta)}"
         return (f"step {step}{total}, epoch {self.epoch}: {self.images / seconds:.1f} images/s, "
                 f"loss {self.loss_sum / self.steps:.4f}, ETA {_duration(eta)}")
 

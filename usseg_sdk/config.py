@@ -42,8 +42,10 @@ class SegmenterConfig(BaseModel):
     and overlays); ``clusters`` and ``scores`` stay as the net gave them.
 
     Tiling: frames larger than the tile (``tile_size``, else the model's ``meta.tiling.tile_size``) are cut into
-    overlapping tiles; ``tiling=False`` runs every frame whole. ``overlap`` (else ``meta.tiling.overlap``) should
-    be at least twice the net's receptive-field radius for the tiled result to equal the untiled one.
+    overlapping tiles; without a tile size, frames above ``max_pixels`` (else ``meta.tiling.max_pixels``, else
+    ``usseg_sdk.tiling.DEFAULT_MAX_PIXELS``) are, so memory stays bounded; ``tiling=False`` runs every frame
+    whole. ``overlap`` (else ``meta.tiling.overlap``) should be at least twice the net's receptive-field radius for
+    the tiled result to equal the untiled one.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -57,6 +59,9 @@ class SegmenterConfig(BaseModel):
     tiling: bool = True
     tile_size: tuple[int, int] | None = Field(default=None, description="(H, W); None: the model's default")
     overlap: int | None = Field(default=None, ge=0, description="pixels shared by neighbouring tiles")
+    max_pixels: int | None = Field(
+        default=None, ge=1, description="tile frames above this many pixels, and feed no backend call more (memory "
+                                        "bound); None: the model's meta.tiling.max_pixels, else 1 MP")
     batch_size: int = Field(default=8, ge=1, description="frames or tiles per backend call")
     scores: bool = Field(default=True, description="return class scores when the model has a scores output")
     clusters: bool = Field(default=True, description="return the raw cluster map beside the labels")
@@ -139,6 +144,8 @@ def add_runtime_arguments(p: argparse.ArgumentParser, *, device: bool = True, ba
                                          "else the best for the device)")
     p.add_argument("--tile-size", type=_size_argument, help="tile H x W, e.g. 256x512 (default: the model's)")
     p.add_argument("--overlap", type=int, help="tile overlap in pixels (default: the model's)")
+    p.add_argument("--max-pixels", type=int, help="tile frames above this many pixels (default: the model's, else "
+                                                  "1000000)")
     p.add_argument("--no-tiling", action="store_true", help="run every frame whole")
     if batch_size:
         p.add_argument("--batch-size", type=int, help="frames or tiles per backend call (default 8)")
@@ -153,8 +160,8 @@ def config_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None
                      **fixed: Any) -> SegmenterConfig:
     """The SegmenterConfig of :func:`add_runtime_arguments`' flags in ``args``; ``fixed`` fields win over both."""
     flags = {"device": "device", "backend": "backend", "tile_size": "tile_size", "overlap": "overlap",
-             "batch_size": "batch_size", "intra_op_threads": "threads", "ignore_border": "ignore_border",
-             "roi": "roi"}
+             "max_pixels": "max_pixels", "batch_size": "batch_size", "intra_op_threads": "threads",
+             "ignore_border": "ignore_border", "roi": "roi"}
     fields = {field: getattr(args, flag, None) for field, flag in flags.items()}
     fields = {k: v for k, v in fields.items() if v is not None}
     if getattr(args, "no_tiling", False):
@@ -232,6 +239,7 @@ _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
     "tiling": parse_bool,
     "tile_size": parse_size,
     "overlap": _parse_int,
+    "max_pixels": _parse_int,
     "batch_size": _parse_int,
     "scores": parse_bool,
     "clusters": parse_bool,

@@ -114,10 +114,17 @@ class OutputSpec(_Strict):
 
 
 class TilingSpec(_Strict):
-    """Default tiling of frames larger than ``tile_size`` (H, W); None runs every frame whole."""
+    """Default tiling of frames larger than ``tile_size`` (H, W).
+
+    Without a tile size, a frame of more than ``max_pixels`` (padded H x W) is cut into tiles of at most that
+    many pixels (``usseg_sdk.tiling.budget_tile``), and no backend call gets more; None: the runtime's default
+    (``usseg_sdk.tiling.DEFAULT_MAX_PIXELS``). ``overlap`` should be at least twice the net's receptive-field
+    radius (export measures it).
+    """
 
     tile_size: tuple[int, int] | None = None
     overlap: int = Field(default=0, ge=0)
+    max_pixels: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _overlap_fits(self) -> TilingSpec:

@@ -3,7 +3,8 @@
 The Segmenter reads the model's :class:`~usseg_sdk.meta.ModelMeta`, opens a backend (onnxruntime or TensorRT,
 see :mod:`usseg_sdk.backends`), and turns frames into the graph's input entirely from the metadata: colour order
 and channels, padding to the stride (reflect, cropped back), ``min_size``, optional resize to the native size,
-and tiling of frames larger than the tile (centre-crop stitching, :mod:`usseg_sdk.tiling`). Labels come from the
+and tiling of frames larger than the tile, or above the pixel budget when the model has no tile size (centre-crop
+stitching, :mod:`usseg_sdk.tiling`). Labels come from the
 graph's ``labels`` output, or from ``clusters`` through ``meta.cluster_to_class`` when the meta says
 ``outputs.labels = None`` (TensorRT engines recalibrated by ``usseg calibrate``, or a ``model.json`` whose edited
 mapping differs from the graph's). Which metadata is used — ``model.json`` or the ONNX file's embedded copy — is
@@ -50,7 +51,7 @@ from usseg_sdk.preprocess import (
 )
 from usseg_sdk.result import Segmentation
 from usseg_sdk.sources import FrameSource, open_source
-from usseg_sdk.tiling import Tile, plan_tiles
+from usseg_sdk.tiling import DEFAULT_MAX_PIXELS, DEFAULT_OVERLAP, Tile, budget_tile, plan_tiles
 
 log = logging.getLogger(__name__)
 
@@ -163,10 +164,18 @@ class Segmenter:
             tile = (round_up(max(tile[0], floor, low[0]), spec.stride),
                     round_up(max(tile[1], floor, low[1]), spec.stride))
         self._tile = tile
-        self._overlap = cfg.overlap if cfg.overlap is not None else self.meta.tiling.overlap
+        # without a tile size, frames above a pixel budget are tiled (memory bound); see usseg_sdk.tiling
+        self._max_pixels = None if not cfg.tiling or tile is not None else \
+            (cfg.max_pixels or self.meta.tiling.max_pixels or DEFAULT_MAX_PIXELS)
+        stated = self.meta.tiling.tile_size is not None or self.meta.tiling.max_pixels is not None
+        self._overlap = cfg.overlap if cfg.overlap is not None else \
+            (self.meta.tiling.overlap if stated or tile is not None else round_up(DEFAULT_OVERLAP, spec.stride))
         if tile is not None and min(tile) - self._overlap < spec.stride:
             raise SegmenterConfigError(f"overlap {self._overlap} leaves no room in tile {tile} (stride "
                                        f"{spec.stride}); use a smaller overlap or a larger tile_size")
+        if self._max_pixels is not None and self._max_pixels < (2 * self._overlap + 2 * spec.stride) ** 2:
+            raise SegmenterConfigError(f"max_pixels {self._max_pixels} cannot hold tiles with overlap "
+                                       f"{self._overlap} (stride {spec.stride}); raise max_pixels")
         batch = [cfg.batch_size, self._static_batch, self._max_batch]
         self._chunk = min(b for b in batch if b is not None)
 
@@ -200,9 +209,10 @@ class Segmenter:
                 results[i] = self._run_tiled(p)
             else:
                 groups.setdefault(p.padded, []).append(i)
-        for idxs in groups.values():
-            for start in range(0, len(idxs), self._chunk):
-                chunk = idxs[start:start + self._chunk]
+        for (hp, wp), idxs in groups.items():
+            per_call = self._per_call(hp * wp)
+            for start in range(0, len(idxs), per_call):
+                chunk = idxs[start:start + per_call]
                 for i, res in zip(chunk, self._run_whole([prepared[i] for i in chunk]), strict=True):
                     results[i] = res
         return results  # type: ignore[return-value]
@@ -262,6 +272,15 @@ class Segmenter:
             else:
                 self.predict(frame)
 
+    def tile_for(self, frame: np.ndarray) -> tuple[int, int] | None:
+        """The tile (H, W) ``predict`` cuts ``frame`` into, or None when it runs the frame whole.
+
+        Example:
+            >>> seg.tile_for(np.zeros((3000, 4000), np.uint8))     # doctest: +SKIP
+            (1520, 1360)
+        """
+        return self._prepare(frame).tile
+
     def preprocess(self, frames: Sequence[np.ndarray]) -> np.ndarray:
         """The exact graph input ``predict_batch`` builds for untiled frames of one padded size (a new array).
 
@@ -299,7 +318,8 @@ class Segmenter:
         """Model, backend and runtime settings, for logs and ``usseg info``."""
         return {"model": str(self.backend.path), "backend": self.backend.describe(),
                 "input": self._input_name, "outputs": self._fetch, "tile_size": self._tile,
-                "overlap": self._overlap, "batch_size": self._chunk, "meta_source": self.meta_source.to_dict(),
+                "max_pixels": self._max_pixels, "overlap": self._overlap, "batch_size": self._chunk,
+                "meta_source": self.meta_source.to_dict(),
                 "meta": self.meta.model_dump(mode="json")}
 
     def close(self) -> None:
@@ -335,6 +355,9 @@ class Segmenter:
         tile = None
         if self._tile is not None and (hp > self._tile[0] or wp > self._tile[1]):
             tile = (min(self._tile[0], hp), min(self._tile[1], wp))
+        elif self._max_pixels is not None:
+            floor = max(2 * spec.stride, spec.min_size)
+            tile = budget_tile((hp, wp), self._max_pixels, self._overlap, spec.stride, floor)
         order = channel_order(frame, spec, self.config.frame_order)
         return _Prepared(original, planes, frame, order, (h, w), out_size, (hp, wp), tile)
 
@@ -347,6 +370,12 @@ class Segmenter:
                 pool.clear()
             buf = pool[shape] = np.empty(shape, np.uint8)
         return buf
+
+    def _per_call(self, pixels: int) -> int:
+        """Frames or tiles of ``pixels`` each in one backend call: the batch size, cut to the pixel budget."""
+        if self._max_pixels is None or self._static_batch is not None:
+            return self._chunk
+        return max(1, min(self._chunk, self._max_pixels // pixels))
 
     def _batch_size(self, n: int) -> int:
         return self._static_batch if self._static_batch is not None else n
@@ -371,8 +400,9 @@ class Segmenter:
         labels = np.empty((h, w), np.uint8)
         clusters = np.empty((h, w), np.uint8) if self._clusters_name else None
         scores = None
-        for start in range(0, len(tiles), self._chunk):
-            chunk = tiles[start:start + self._chunk]
+        per_call = self._per_call(th * tw)
+        for start in range(0, len(tiles), per_call):
+            chunk = tiles[start:start + per_call]
             batch = self._buffer((self._batch_size(len(chunk)), c, th, tw))
             for j, t in enumerate(chunk):
                 batch[j] = full[:, t.y0:t.y0 + th, t.x0:t.x0 + tw]

@@ -54,7 +54,7 @@ def images(tmp_path_factory) -> Path:
 def test_train_export_verify(name, images, tmp_path, capsys):
     run = tmp_path / "run"
     _fit(name, run, images)
-    code = export_main([str(run), "--input-size", "64x64", "--verify-count", "3", "--scores"])
+    code = export_main([str(run), "--verify-count", "3", "--scores"])  # dynamic, verified on the training frames
     out = capsys.readouterr()
     assert code == 0, out.err
     report = json.loads((run / "export" / "verify.json").read_text())

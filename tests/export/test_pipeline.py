@@ -37,8 +37,10 @@ def tiny():
 
 
 def _options(out: Path, **kw) -> ExportOptions:
+    frames = {"verify_images": SAMPLE / "images", "verify_masks": SAMPLE / "masks",
+              "int8_calibration": SAMPLE / "images"}
     return ExportOptions(out=out, input_size=kw.pop("input_size", (64, 64)), verify_count=kw.pop("verify_count", 3),
-                         int8_count=kw.pop("int8_count", 4), **kw)
+                         int8_count=kw.pop("int8_count", 4), **{**frames, **kw})
 
 
 def _inits(path: Path) -> dict[str, np.ndarray]:
@@ -167,9 +169,9 @@ def test_failed_verification_writes_only_the_numbers(tiny, tmp_path):
 
 
 def test_static_export_takes_the_size_of_the_users_frames(tiny, tmp_path):
-    """Without --input-size, a static graph is built for the calibration frames' size, not the training crop."""
+    """A static graph without a size is built for the calibration frames' size, not the training crop."""
     cal = CalibrationOptions(images=SAMPLE / "images", masks=SAMPLE / "masks")
-    options = ExportOptions(out=tmp_path / "out", calibration=cal, verify_count=2)
+    options = ExportOptions(out=tmp_path / "out", calibration=cal, verify_count=2, dynamic=False)
     assert pipeline.user_frame_size(options) == (200, 200)
     export_method(tiny, options)
     dims = onnx.load(str(tmp_path / "out" / "model.onnx")).graph.input[0].type.tensor_type.shape.dim
@@ -178,5 +180,8 @@ def test_static_export_takes_the_size_of_the_users_frames(tiny, tmp_path):
     mixed.mkdir()
     for i, size in enumerate([(32, 32), (40, 48)]):
         cv2.imwrite(str(mixed / f"{i}.png"), np.zeros(size, np.uint8))
-    assert pipeline.user_frame_size(ExportOptions(out=tmp_path / "x", verify_images=mixed)) is None
+    assert pipeline.user_frame_size(ExportOptions(out=tmp_path / "x", verify_images=mixed)) == (40, 48)  # holds all
     assert pipeline.user_frame_size(ExportOptions(out=tmp_path / "x")) is None  # no user frames: native size
+    export_method(tiny, ExportOptions(out=tmp_path / "from", dynamic=False, static_from=mixed, verify=False))
+    dims = onnx.load(str(tmp_path / "from" / "model.onnx")).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_value for d in dims] == [1, 1, 40, 48]

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from tests.sdk.onnx_models import RF_RADIUS
 from usseg_sdk import Segmenter, SegmenterConfig
-from usseg_sdk.tiling import axis_starts, plan_tiles
+from usseg_sdk.config import SegmenterConfigError
+from usseg_sdk.tiling import DEFAULT_MAX_PIXELS, DEFAULT_OVERLAP, axis_starts, budget_tile, plan_tiles
 
 
 @settings(max_examples=200, deadline=None)
@@ -81,3 +82,63 @@ def test_meta_tiling_defaults_and_override(models):
     small = Segmenter(models["tiled_meta"], config=SegmenterConfig(device="cpu", tile_size=(24, 24), overlap=6))
     assert small._tile == (24, 24)
     np.testing.assert_array_equal(small.predict(frame).labels, whole.predict(frame).labels)
+
+
+# -- the pixel budget: frames above it are tiled without a tile size, and no backend call gets more ------------
+@pytest.mark.parametrize("size, budget, stride", [((3000, 4000), 4_000_000, 8), ((256, 100_000), 4_000_000, 8),
+                                                  ((1000, 1000), 250_000, 1), ((96, 4000), 40_000, 4)])
+def test_budget_tile_fits_the_budget_and_the_frame(size, budget, stride):
+    tile = budget_tile(size, budget, overlap=32, stride=stride)
+    assert tile is not None and tile[0] * tile[1] <= budget
+    assert tile[0] % stride == 0 and tile[1] % stride == 0 and tile[0] <= size[0] and tile[1] <= size[1]
+    if min(size) ** 2 <= budget:  # a strip keeps its short side whole
+        assert min(size) in tile
+    grid = plan_tiles(size, tile, 32, stride)
+    cover = np.zeros(size, np.int8)
+    for t in grid:
+        cover[t.keep_y0:t.keep_y1, t.keep_x0:t.keep_x1] += 1
+    assert (cover == 1).all()
+    assert budget_tile((100, 100), 10_000, overlap=32) is None  # fits: not tiled
+
+
+def _calls(seg, monkeypatch) -> list[tuple[int, ...]]:
+    shapes: list[tuple[int, ...]] = []
+    run = seg.backend.run
+
+    def spy(feeds, names):
+        shapes.append(next(iter(feeds.values())).shape)
+        return run(feeds, names)
+
+    monkeypatch.setattr(seg.backend, "run", spy)
+    return shapes
+
+
+def test_frames_above_the_budget_are_tiled_and_equal_untiled(models, monkeypatch):
+    frame = np.random.default_rng(5).integers(0, 256, (150, 170), dtype=np.uint8)
+    whole = Segmenter(models["grey"], config=SegmenterConfig(device="cpu", tiling=False)).predict(frame)
+    config = SegmenterConfig(device="cpu", max_pixels=2_000, overlap=2 * RF_RADIUS[1])
+    seg = Segmenter(models["grey"], config=config)
+    calls = _calls(seg, monkeypatch)
+    tiled = seg.predict(frame)
+    assert len(calls) > 1 and all(b * h * w <= 2_000 for b, _, h, w in calls)
+    np.testing.assert_array_equal(tiled.labels, whole.labels)
+    np.testing.assert_allclose(tiled.scores, whole.scores, atol=1e-5)
+    calls.clear()
+    seg.predict(frame[:40, :45])  # under the budget: one call, the whole frame
+    assert [c[2:] for c in calls] == [(40, 45)]
+
+
+def test_batches_are_cut_to_the_budget(models, monkeypatch):
+    seg = Segmenter(models["grey"], config=SegmenterConfig(device="cpu", max_pixels=3_300, overlap=4, batch_size=8))
+    calls = _calls(seg, monkeypatch)
+    seg.predict_batch([np.zeros((40, 40), np.uint8)] * 5)
+    assert [c[0] for c in calls] == [2, 2, 1]
+
+
+def test_a_model_without_a_budget_gets_the_runtime_default(models):
+    seg = Segmenter(models["grey"], config=SegmenterConfig(device="cpu"))
+    assert seg._max_pixels == DEFAULT_MAX_PIXELS and seg._overlap == DEFAULT_OVERLAP
+    assert Segmenter(models["tiled_meta"], config=SegmenterConfig(device="cpu"))._max_pixels is None  # its tile
+    assert Segmenter(models["grey"], config=SegmenterConfig(device="cpu", tiling=False))._max_pixels is None
+    with pytest.raises(SegmenterConfigError, match="max_pixels"):
+        Segmenter(models["grey"], config=SegmenterConfig(device="cpu", max_pixels=100))

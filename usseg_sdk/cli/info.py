@@ -33,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
     spec = meta.input
     print(f"input      {spec.channels} ch {spec.color_order}  {spec.dtype} {spec.layout}  stride {spec.stride}  "
           f"min {spec.min_size}  native {spec.native_size}  resize {spec.resize_to_native}")
-    print(f"tiling     tile {meta.tiling.tile_size}  overlap {meta.tiling.overlap}")
+    print(f"tiling     tile {meta.tiling.tile_size}  overlap {meta.tiling.overlap}  max pixels "
+          f"{meta.tiling.max_pixels or 'runtime default'}  (this runtime: {seg.info()['max_pixels']})")
     print(f"clusters   {meta.n_clusters} -> {meta.n_classes} classes  mapping {meta.mapping.kind} "
           f"{meta.cluster_to_class}  (fitted on {meta.mapping.n_images} images)")
     for i, c in enumerate(meta.classes):
