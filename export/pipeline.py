@@ -198,7 +198,8 @@ def _float32_graph(method: Method, o: ExportOptions, training: TrainingSummary) 
     if o.head not in heads:
         raise ExportError(f"method {method.name!r} has heads {sorted(heads)}, not {o.head!r} (--head)")
     method.eval()
-    spec = method.input_spec().model_copy(update={"dtype": "uint8", "layout": "NCHW", "normalized_in_graph": True})
+    spec = method.input_spec().model_copy(update={"dtype": "uint8", "layout": "NCHW", "normalized_in_graph": True,
+                                                  "max_value": _training_max_value(training)})
     example = _example(spec, o)
     inference_net = method.inference_net(o.head)
     graph, folded = build_inference_graph(inference_net, example)
@@ -419,6 +420,13 @@ def training_summary(run_info: Any) -> TrainingSummary:
                            image_size=size, steps=run_info.step,
                            epochs=run_info.epoch, seconds=round(run_info.elapsed_s, 1),
                            config=json.loads(json.dumps(config, default=str)))
+
+
+def _training_max_value(training: TrainingSummary) -> int | None:
+    """The pixel value training mapped to 1.0 (``data.train.max_value``) when the run set one: the runtime scales
+    16-bit frames by it (``InputSpec.max_value``), so a 12-bit camera is read as it was in training."""
+    value = ((training.config or {}).get("data") or {}).get("train", {}).get("max_value")
+    return int(value) if value else None
 
 
 def _count_images(train: dict[str, Any]) -> int | None:

@@ -185,3 +185,14 @@ def test_static_export_takes_the_size_of_the_users_frames(tiny, tmp_path):
     export_method(tiny, ExportOptions(out=tmp_path / "from", dynamic=False, static_from=mixed, verify=False))
     dims = onnx.load(str(tmp_path / "from" / "model.onnx")).graph.input[0].type.tensor_type.shape.dim
     assert [d.dim_value for d in dims] == [1, 1, 40, 48]
+
+
+def test_the_training_range_of_16_bit_frames_travels_into_the_model(tiny, tmp_path):
+    """A run trained with data.train.max_value (12-bit data in 16-bit files) exports it as InputSpec.max_value, so
+    the runtime scales line frames as training did; a run without one leaves it unset."""
+    from usseg_sdk.meta import TrainingSummary
+
+    twelve_bit = TrainingSummary(config={"data": {"train": {"kind": "folder", "max_value": 4095}}})
+    meta = export_method(tiny, _options(tmp_path / "a"), twelve_bit).meta
+    assert meta.input.max_value == 4095 == ModelMeta.load(tmp_path / "a" / "model.json").input.max_value
+    assert export_method(tiny, _options(tmp_path / "b")).meta.input.max_value is None
