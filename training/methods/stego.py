@@ -28,9 +28,10 @@ keeps centroids up to ``cluster_every - 1`` steps older than its head.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -173,6 +174,14 @@ class Stego(Method):
         c = self.config
         self.prepare_backbones()
         gen = torch.Generator().manual_seed(c.seed)
+        with self._eval_mode():
+            bank = self._bank_pass(batches, gen)
+        self.bank = bank
+        logger.info("STEGO: partner bank of %d images x %d points", len(bank), c.bank_points)
+        return bank
+
+    def _bank_pass(self, batches: Iterable[dict[str, torch.Tensor]], gen: torch.Generator) -> PartnerBank:
+        c = self.config
         descriptors, points, indices, n = [], [], [], 0
         for batch in batches:
             images = batch_images(batch, "STEGO", c.channels).to(self._device)
@@ -194,9 +203,7 @@ class Stego(Method):
         if n < 2:
             raise TrainingError(f"STEGO's partner bank needs at least 2 training images, got {n}")
         keep = n if c.bank_images is None else min(n, c.bank_images)
-        self.bank = PartnerBank(torch.cat(descriptors)[:keep], torch.cat(points)[:keep], torch.cat(indices)[:keep])
-        logger.info("STEGO: partner bank of %d images x %d points", keep, c.bank_points)
-        return self.bank
+        return PartnerBank(torch.cat(descriptors)[:keep], torch.cat(points)[:keep], torch.cat(indices)[:keep])
 
     @torch.no_grad()
     def fit_clusters(self, step: int) -> dict[str, float]:
@@ -207,12 +214,8 @@ class Stego(Method):
         pool = bank.points.reshape(-1, bank.points.shape[-1])  # (M P, D)
         if pool.shape[0] > c.kmeans_points:
             pool = pool[torch.randperm(pool.shape[0], generator=gen)[:c.kmeans_points]]
-        was_training = self.training
-        self.eval()
-        try:
+        with self._eval_mode():
             codes = F.normalize(self.head.points(pool.to(self._device, torch.float32).unsqueeze(0))[0], dim=1)
-        finally:
-            self.train(was_training)
         losses = {}
         for head, k in self.eval_heads().items():
             km = MiniBatchKMeans(k, init_batches=1, init_iters=c.kmeans_iters, generator=gen)
@@ -221,6 +224,17 @@ class Stego(Method):
             losses[head] = km.loss
         self.clustered_at.fill_(step)
         return losses
+
+    @contextlib.contextmanager
+    def _eval_mode(self) -> Iterator[None]:
+        """Eval mode inside (the pretrained trunk's BatchNorm must never see a batch: a module starts in train
+        mode, and hooks may run before the engine's first ``train()``), the previous mode restored after."""
+        was_training = self.training
+        self.eval()
+        try:
+            yield
+        finally:
+            self.train(was_training)
 
     def _require_bank(self) -> PartnerBank:
         if self.bank is None:
