@@ -47,7 +47,7 @@ METHODS: dict[str, MethodChoice] = {
     "ac": MethodChoice(preset="ac_cpu", head="main", steps=100),
     "infoseg": MethodChoice(preset="infoseg_cpu", head="main", steps=320),
     "picie": MethodChoice(preset="picie_cpu", head="main", steps=160),
-    "stego": MethodChoice(preset="stego_cpu", head="main", steps=300),
+    "stego": MethodChoice(preset="stego_cpu", head="main", steps=600),
 }
 DEFAULT_METHOD = "iic"
 HEADS = ("main", "over")

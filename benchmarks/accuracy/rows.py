@@ -9,7 +9,7 @@ from pathlib import Path
 from training.config import load_preset, preset_path
 
 BASELINES = ("kmeans", "random_cnn", "kmeans_lite", "kmeans_lite_random")
-DEFAULT_ROWS = ("iic", "picie", "infoseg", "ac", "kmeans_lite", "kmeans_lite_random", "iic_scratch", "picie_scratch",
+DEFAULT_ROWS = ("iic", "picie", "infoseg", "ac", "stego", "kmeans_lite", "kmeans_lite_random", "iic_scratch", "picie_scratch",
                 "infoseg_scratch", "ac_scratch", "kmeans", "random_cnn")
 
 # The budget of a method row: optimiser steps, a fixed amount of work, so that a score does not depend on how busy
@@ -31,6 +31,8 @@ ROW_STEPS = {
     "picie": 400,
     "infoseg": 400,
     "ac": 400,
+    # STEGO (issue 12): STEPS_PENDING
+    "stego": 1200,
 }
 DEFAULT_CAP_S = 1800.0  # 3x the quiet-machine time of the step budgets: a busy machine still finishes them
 # Rows trained on a seeded subset of the train split (per run seed) instead of all 3223 images: PiCIE runs two
