@@ -15,6 +15,8 @@ TINY: dict[str, dict] = {
               "kmeans_pixels_per_image": 64},
     "kmeans": _KMEANS,
     "random_cnn": {**_KMEANS, "feature_dim": 16},
+    "stego": {"code_dim": 8, "feature_samples": 4, "neg_samples": 2, "bank_points": 32, "kmeans_iters": 5,
+              "over_clusters": 6, "backbone": {"taps": [1, 2]}},
 }
 
 # Every method on the pretrained Lite0 trunk, small heads (method_config.backbone; the trunk itself is fixed).
@@ -26,4 +28,6 @@ BACKBONE_TINY: dict[str, dict] = {
     "picie": {"kmeans_init_batches": 1, "kmeans_init_iters": 2, "kmeans_pixels_per_image": 64,
               "backbone": {**_TRUNK, "fusion": "fpn"}},
     "kmeans": {**_KMEANS, "over_clusters": 12, "seed": 0, "backbone": {}},
+    "stego": {"code_dim": 8, "feature_samples": 4, "neg_samples": 2, "bank_points": 32, "kmeans_iters": 5,
+              "over_clusters": 6, "jitter_brightness": 0.2, "jitter_contrast": 0.2, "backbone": {"taps": [1, 2]}},
 }
