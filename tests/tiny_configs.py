@@ -15,6 +15,7 @@ TINY: dict[str, dict] = {
               "kmeans_pixels_per_image": 64},
     "kmeans": _KMEANS,
     "random_cnn": {**_KMEANS, "feature_dim": 16},
+    "anomaly": {"over_clusters": 6, "bank_size": 64, "coreset_candidates": 2000, "kmeans_iters": 5, "seed": 0},
 }
 
 # Every method on the pretrained Lite0 trunk, small heads (method_config.backbone; the trunk itself is fixed).
@@ -26,4 +27,5 @@ BACKBONE_TINY: dict[str, dict] = {
     "picie": {"kmeans_init_batches": 1, "kmeans_init_iters": 2, "kmeans_pixels_per_image": 64,
               "backbone": {**_TRUNK, "fusion": "fpn"}},
     "kmeans": {**_KMEANS, "over_clusters": 12, "seed": 0, "backbone": {}},
+    "anomaly": {**TINY["anomaly"], "backbone": {"taps": [2, 4]}},
 }

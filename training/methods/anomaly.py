@@ -1,0 +1,413 @@
+"""Anomaly-first defect discovery on the frozen pretrained trunk (registered as ``anomaly``; docs/METHODS.md §9).
+
+On an inspection line the split that matters is "normal surface" against a few kinds of rare defect. Clustering
+objectives that balance cluster sizes spend their clusters on background texture. This method decides "normal or
+not" first, from how far a patch is from every normal patch seen in training (PatchCore, Roth et al., CVPR 2022),
+and only then clusters what is not normal into defect kinds (AnomalyNCD's order, CVPR 2025). No gradient step:
+like the ``kmeans`` baseline it fits once, in ``on_epoch_start`` (or :meth:`AnomalyDiscovery.fit_centroids`).
+
+Features (:class:`PatchFeatures`): the frozen trunk's taps (default Lite0 stages 2 and 4, 40 + 112 channels, the
+stride-8 and stride-16 stage outputs), each L2-normalised over channels, resized bilinearly to the finest tap's
+grid (stride 8), concatenated, then a p x p local average (PatchCore's neighbourhood aggregation, p = 3):
+(B, D, H/8, W/8), D = 152.
+
+Fit, on the training frames (labels unused):
+
+1. Every patch of up to ``max_images`` frames (float16 in memory).
+2. Bank cleaning. An unlabelled defect set has defects in the training frames (NEU-Seg: one in every frame, 12 %
+   of the pixels), so a bank of all training patches would call defects normal. Each patch is scored against
+   ``score_references`` *other* frames, MuSc-style (Li et al., ICLR 2024): its distance to the nearest patch of
+   each reference frame, and the mean of the smallest ``score_keep`` fraction of those distances (a normal patch
+   finds a close match in most frames; a defect patch in few). The ``drop_fraction`` most anomalous patches never
+   enter the bank.
+3. Greedy k-center coreset (PatchCore) of the rest down to ``bank_size`` entries: from a random pool of
+   ``coreset_candidates`` patches, on a fixed Gaussian projection to ``coreset_projection`` dimensions (as
+   PatchCore does for speed; the bank itself keeps the full features). A pool smaller than ``bank_size`` is repeated
+   cyclically: duplicates do not change a nearest distance, and the buffer keeps its configured shape.
+4. Anomaly score of a patch = distance to its nearest bank entry (k = 1, PatchCore's patch score). The threshold is
+   the ``threshold_quantile`` quantile of the training patches' scores (all of them, cleaned ones included): the
+   unsupervised default, a line's expected defect share. Calibration may refit the cluster-to-class mapping, not
+   the threshold (it is baked into the graph).
+5. Defect kinds: k-means (PiCIE's k-means++ + Lloyd, :mod:`training.methods.picie.kmeans`) over the features of
+   the training patches whose score is above the threshold, ``n_clusters - 1`` centroids for the main head and
+   ``over_clusters - 1`` for the "over" head. Cluster 0 of each head is "normal".
+
+Inference graph (:class:`AnomalyInferenceNet`), all plain ops, at the feature grid then upsampled:
+
+    s = sqrt(max(0, ||f||^2 - max_m (2 f.b_m - ||b_m||^2)))        # a 1x1 conv with the bank as weight, ReduceMax
+    n_k = (2 f.c_k - ||c_k||^2) / T                                   # nearest defect centroid (1x1 conv)
+    logits = [0, n_k - max_j n_j + gate_scale * (s / tau - 1)]        # (B, K, h, w)
+    probabilities = softmax(bilinear_upsample(logits))
+
+The largest defect logit is exactly ``gate_scale * (s / tau - 1)``, positive iff s > tau, so before upsampling the
+argmax is "normal" when s <= tau and otherwise the nearest defect centroid; ``gate_scale`` and T shape only the
+probabilities. The score map itself is :meth:`AnomalyDiscovery.anomaly_map` (torch); the exported graph carries
+the decision, not the score as a separate output (the runtime's outputs are clusters, labels and class scores).
+
+Departures: PatchCore re-weights the image score by the neighbourhood of the nearest entry (image-level only; we
+score pixels) and uses WideResNet-50 layers 2-3; MuSc scores test images against each other at test time (we use it
+only to clean the training bank, so that inference needs one frame).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from training.errors import ConfigError, TrainingError
+from training.evaluation import pad_to_multiple
+from training.methods.base import FitContext, Method, MethodConfig, register_method
+from training.methods.baselines import NearestCentroidLogits, _centroid_name, _images
+from training.methods.picie.kmeans import MiniBatchKMeans, full_precision_matmul
+from training.nets.backbones import BackboneConfig, DenseBackbone, backbone_normalisation
+from usseg_sdk.meta import InputSpec
+
+logger = logging.getLogger(__name__)
+
+
+def _default_backbone() -> BackboneConfig:
+    return BackboneConfig(name="efficientnet_lite0", taps=(2, 4), fusion="concat", train="frozen")
+
+
+@dataclass
+class AnomalyConfig(MethodConfig):
+    """Anomaly score from a cleaned, coreset-subsampled memory bank; defect kinds by k-means over anomalous patches."""
+
+    backbone: BackboneConfig | None = field(default_factory=_default_backbone)  # frozen trunk; taps fused at the finest
+    over_clusters: int = 0  # K of the "over" head (1 normal + over_clusters - 1 defect clusters); 0 = none
+    aggregate: int = 3  # p x p local average of the features (PatchCore's neighbourhood); 1 = none
+    max_images: int = 1000  # training frames whose patches are kept for the fit
+    score_references: int = 8  # other frames each frame's patches are compared with (bank cleaning)
+    score_keep: float = 0.5  # fraction of the smallest reference distances averaged into a patch's cleaning score
+    drop_fraction: float = 0.15  # most anomalous share of the training patches kept out of the bank
+    bank_size: int = 4096  # memory-bank entries after the coreset
+    coreset_candidates: int = 100_000  # random pool the greedy k-center coreset picks from
+    coreset_projection: int = 128  # Gaussian projection dimensions of the coreset distances; 0 = none
+    threshold_quantile: float = 0.88  # anomaly threshold = this quantile of the training patches' scores
+    gate_scale: float = 10.0  # sharpness of the normal/defect logits (never changes the argmax)
+    temperature: float = 1.0  # of the defect nearest-centroid logits (never changes the argmax)
+    seed: int | None = None  # null = global torch RNG; int = this seed alone decides the fit
+    kmeans_iters: int = 50  # Lloyd iterations of the defect k-means
+    kmeans_max_points: int = 200_000  # bound on the anomalous patches clustered
+    chunk_size: int = 4096  # patches per distance chunk
+
+    def __post_init__(self) -> None:
+        name = type(self).__name__
+        if self.backbone is None:
+            raise ConfigError(f"{name}.backbone must name a trunk (the method scores its features)")
+        if self.backbone.train != "frozen" or self.backbone.fusion != "concat":
+            raise ConfigError(f"{name}.backbone takes train: frozen and fusion: concat (nothing trains)")
+        # BackboneConfig.check's other rules hold; its "concat needs a stride-4 tap" does not (we fuse at the finest
+        # tap's stride), so the check runs on a copy that names another fusion.
+        dataclasses.replace(self.backbone, fusion="fpn").check(name)
+        if self.n_clusters < 2 or self.over_clusters < 0 or self.over_clusters == 1:
+            raise ConfigError(f"{name}: n_clusters must be >= 2 and over_clusters 0 or >= 2, got "
+                              f"{self.n_clusters} / {self.over_clusters}")
+        if self.aggregate < 1 or self.aggregate % 2 == 0:
+            raise ConfigError(f"{name}.aggregate must be an odd number >= 1, got {self.aggregate}")
+        if self.max_images < 2 or self.score_references < 1 or self.bank_size < 1 or self.coreset_candidates < 1:
+            raise ConfigError(f"{name}: max_images must be >= 2; score_references, bank_size and coreset_candidates "
+                              ">= 1")
+        for field_name in ("score_keep", "threshold_quantile"):
+            if not 0.0 < getattr(self, field_name) <= 1.0:
+                raise ConfigError(f"{name}.{field_name} must be in (0, 1], got {getattr(self, field_name)}")
+        if not 0.0 <= self.drop_fraction < 1.0:
+            raise ConfigError(f"{name}.drop_fraction must be in [0, 1), got {self.drop_fraction}")
+        if self.coreset_projection < 0 or self.kmeans_iters < 0 or self.chunk_size < 1:
+            raise ConfigError(f"{name}: coreset_projection and kmeans_iters must be >= 0, chunk_size >= 1")
+        if not (self.gate_scale > 0 and self.temperature > 0):
+            raise ConfigError(f"{name}: gate_scale and temperature must be > 0")
+        if self.kmeans_max_points < max(self.n_clusters, self.over_clusters):
+            raise ConfigError(f"{name}.kmeans_max_points ({self.kmeans_max_points}) must be at least K")
+
+
+# -- the pure pieces (tested against numpy references) ----------------------------------------------------------
+def nearest_distance(points: torch.Tensor, bank: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:
+    """(N, D), (M, D) -> (N,) Euclidean distance of each point to its nearest bank row."""
+    b = bank.float()
+    b_sq = (b * b).sum(dim=1)  # (M,)
+    out = []
+    with full_precision_matmul():
+        for x in points.split(chunk_size):
+            x = x.float()
+            d2 = (x * x).sum(dim=1, keepdim=True) - 2 * x @ b.T + b_sq  # (n, M)
+            out.append(d2.amin(dim=1).clamp_min(0).sqrt())
+    return torch.cat(out) if out else points.new_zeros(0)
+
+
+def cross_image_scores(patches: list[torch.Tensor], references: int, keep: float, gen: torch.Generator,
+                       chunk_size: int = 4096) -> list[torch.Tensor]:
+    """MuSc-style score of every patch: ``patches[i]`` (n_i, D) against ``references`` other images (all of them when
+    fewer): per reference image the distance to its nearest patch, then the mean of the smallest ``ceil(keep * R)``
+    of those R distances. Returns one (n_i,) tensor per image."""
+    n = len(patches)
+    if n < 2:
+        raise TrainingError("bank cleaning compares each frame with other frames: give at least 2 frames")
+    r = min(references, n - 1)
+    n_keep = max(1, math.ceil(keep * r))
+    scores = []
+    for i, own in enumerate(patches):
+        others = torch.randperm(n - 1, generator=gen)[:r]
+        others = others + (others >= i).long()  # skip image i itself
+        dists = torch.stack([nearest_distance(own, patches[int(j)], chunk_size) for j in others], dim=1)  # (n_i, R)
+        scores.append(dists.sort(dim=1).values[:, :n_keep].mean(dim=1))
+    return scores
+
+
+def drop_most_anomalous(points: torch.Tensor, scores: torch.Tensor, fraction: float) -> torch.Tensor:
+    """The rows of ``points`` (N, ...) without the ``round(fraction * N)`` highest ``scores`` (N,); at least one row."""
+    n_keep = max(1, points.shape[0] - round(points.shape[0] * fraction))
+    return points[scores.argsort()[:n_keep]]
+
+
+def greedy_coreset(points: torch.Tensor, size: int, gen: torch.Generator, first: int | None = None) -> torch.Tensor:
+    """Greedy k-center (farthest-point) selection: indices (size,) into ``points`` (N, D). Starts at ``first`` (a
+    random point when None) and adds, each time, the point farthest from those chosen (PatchCore's coreset)."""
+    n = points.shape[0]
+    size = min(size, n)
+    x = points.float()
+    x_sq = (x * x).sum(dim=1)  # (N,)
+    start = int(torch.randint(0, n, (1,), generator=gen)) if first is None else first
+    chosen = [start]
+    min_d2 = torch.full((n,), float("inf"))
+    with full_precision_matmul():
+        for _ in range(size - 1):
+            c = x[chosen[-1]]
+            d2 = x_sq - 2 * (x @ c) + c.dot(c)  # (N,)
+            min_d2 = torch.minimum(min_d2, d2)
+            chosen.append(int(min_d2.argmax()))
+    return torch.tensor(chosen, dtype=torch.int64)
+
+
+# -- the inference graph --------------------------------------------------------------------------------------
+class PatchFeatures(nn.Module):
+    """(B, C, H, W) normalised, H and W multiples of the trunk's stride -> (B, D, H/s, W/s), s = the finest tap's
+    stride: taps L2-normalised, resized to that grid, concatenated, then a p x p local average."""
+
+    def __init__(self, backbone: DenseBackbone, aggregate: int):
+        super().__init__()
+        self.backbone = backbone
+        self.aggregate = aggregate
+        self.grid_stride = min(backbone.config.tap_strides())
+        self.out_dim = backbone.out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2] % self.backbone.stride or x.shape[-1] % self.backbone.stride:
+            raise ValueError(f"{self.backbone.config.name} with taps {self.backbone.taps} needs sides that are "
+                             f"multiples of {self.backbone.stride}, got {tuple(x.shape[-2:])}")
+        stages = self.backbone.trunk(x)
+        grid = (x.shape[-2] // self.grid_stride, x.shape[-1] // self.grid_stride)
+        feats = self.backbone.fusion([stages[t] for t in self.backbone.taps], grid)  # (B, D, h, w)
+        if self.aggregate > 1:
+            feats = F.avg_pool2d(feats, self.aggregate, stride=1, padding=self.aggregate // 2,
+                                 count_include_pad=False)
+        return feats
+
+
+class BankDistance(nn.Module):
+    """(B, D, h, w) features -> (B, 1, h, w) distance to the nearest bank entry, as a 1x1 convolution + ReduceMax."""
+
+    def __init__(self, bank: torch.Tensor):
+        super().__init__()
+        self.register_buffer("bank", bank)  # the method's buffer (the same tensor)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        b = self.bank.to(feats.dtype)  # (M, D)
+        sim = F.conv2d(feats, 2.0 * b[:, :, None, None], -(b * b).sum(dim=1))  # (B, M, h, w): 2 f.b - |b|^2
+        d2 = (feats * feats).sum(dim=1, keepdim=True) - sim.amax(dim=1, keepdim=True)  # (B, 1, h, w)
+        return d2.clamp_min(0).sqrt()
+
+
+class AnomalyInferenceNet(nn.Module):
+    """float32 (B, C, H, W) in [0, 1] -> probabilities (B, K, H, W): cluster 0 normal, 1.. the defect clusters."""
+
+    def __init__(self, adapter: nn.Module, features: PatchFeatures, distance: BankDistance,
+                 defects: NearestCentroidLogits, threshold: torch.Tensor, gate_scale: float):
+        super().__init__()
+        self.adapter, self.features, self.distance, self.defects = adapter, features, distance, defects
+        self.register_buffer("threshold", threshold)
+        self.gate_scale = gate_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.features(self.adapter(x))  # (B, D, h, w)
+        gate = self.gate_scale * (self.distance(feats) / self.threshold - 1.0)  # (B, 1, h, w), > 0 iff anomalous
+        near = self.defects(feats)  # (B, K-1, h, w)
+        logits = torch.cat([torch.zeros_like(gate), near - near.amax(dim=1, keepdim=True) + gate], dim=1)
+        logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return logits.softmax(dim=1)  # (B, K, H, W)
+
+
+# -- the method -------------------------------------------------------------------------------------------------
+@register_method("anomaly")
+class AnomalyDiscovery(Method):
+    """Memory-bank anomaly score, a threshold, and k-means over the anomalous patches (module docstring)."""
+
+    config_class = AnomalyConfig
+    config: AnomalyConfig
+
+    def __init__(self, config: AnomalyConfig):
+        super().__init__(config)
+        c = config
+        self.adapter = c.input.adapter(c.channels, backbone_normalisation(c))
+        self.features = PatchFeatures(DenseBackbone(c.backbone, c.channels), c.aggregate)  # type: ignore[arg-type]
+        self.features.requires_grad_(False).eval()
+        d = self.features.out_dim
+        self.register_buffer("bank", torch.zeros(c.bank_size, d))
+        self.register_buffer("threshold", torch.ones(()))
+        for head, k in self.eval_heads().items():
+            self.register_buffer(_centroid_name(head), torch.zeros(k - 1, d))
+        self.register_buffer("fit_points", torch.zeros((), dtype=torch.int64))  # 0 = not fitted yet
+        self._fit_log: dict[str, float] = {}
+
+    @property
+    def fitted(self) -> bool:
+        return int(self.fit_points) > 0
+
+    @property
+    def _device(self) -> torch.device:
+        return self.fit_points.device
+
+    def train(self, mode: bool = True) -> AnomalyDiscovery:
+        super().train(mode)
+        self.features.eval()
+        return self
+
+    # -- fitting -------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def fit_centroids(self, batches: Iterable[dict[str, torch.Tensor] | torch.Tensor],
+                      ctx: FitContext | None = None) -> dict[str, float]:
+        """Fit bank, threshold and defect centroids on ``batches`` (dicts with ``"image"`` or image tensors (B, C, H,
+        W) in [0, 1]); the name is the baselines' (the accuracy benchmark fits every baseline through it). Returns
+        the fit's figures (bank size, threshold, share dropped, k-means distortions)."""
+        c = self.config
+        self.prepare_backbones()
+        seed = c.seed if c.seed is not None else int(torch.randint(0, 2**62, (1,)))
+        gen = torch.Generator().manual_seed(seed)
+        patches = self._collect_patches(batches)  # one (n_i, D) float16 tensor per frame
+        cleaning = cross_image_scores(patches, c.score_references, c.score_keep, gen, c.chunk_size)
+        flat = torch.cat(patches)  # (N, D)
+        flat_scores = torch.cat(cleaning)  # (N,)
+        clean = drop_most_anomalous(flat, flat_scores, c.drop_fraction)
+        self.bank.copy_(self._coreset(clean, gen).to(self.bank))
+        sample = flat[torch.randperm(flat.shape[0], generator=gen)[:c.kmeans_max_points]].to(self._device)
+        scores = nearest_distance(sample, self.bank, c.chunk_size)
+        self.threshold.fill_(max(float(torch.quantile(scores.float().cpu(), c.threshold_quantile)), 1e-6))
+        anomalous = sample[scores > self.threshold].float()
+        if anomalous.shape[0] < max(self.eval_heads().values()):
+            anomalous = sample[scores.argsort(descending=True)[:max(self.eval_heads().values())]].float()
+        log = {"bank_patches": float(clean.shape[0]), "threshold": float(self.threshold),
+               "anomalous_share": float((scores > self.threshold).float().mean())}
+        for head, k in self.eval_heads().items():
+            km = MiniBatchKMeans(k - 1, init_batches=1, init_iters=c.kmeans_iters, max_init_points=c.kmeans_max_points,
+                                 chunk_size=65536, generator=gen)
+            km.add(anomalous)
+            getattr(self, _centroid_name(head)).copy_(km.finish())
+            log[f"kmeans_loss_{head}"] = km.loss
+        self.fit_points.fill_(flat.shape[0])
+        self._fit_log = log
+        logger.info("%s: %d patches of %d frames, bank %d, threshold %.4f, %.1f %% anomalous (seed %d)", self.name,
+                    flat.shape[0], len(patches), c.bank_size, float(self.threshold), 100 * log["anomalous_share"], seed)
+        return dict(log)
+
+    def _collect_patches(self, batches: Iterable[dict[str, torch.Tensor] | torch.Tensor]) -> list[torch.Tensor]:
+        patches: list[torch.Tensor] = []
+        for images in _images(batches, self.config.channels, self._device):
+            feats = self.fit_features(images)  # (B, D, h, w)
+            for f in feats:
+                patches.append(f.flatten(1).T.to(torch.float16).cpu())  # (h w, D)
+                if len(patches) == self.config.max_images:
+                    return patches
+        return patches
+
+    def _coreset(self, clean: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """(N, D) cleaned patches -> (bank_size, D) bank: greedy k-center on a random pool (cyclic repeat if short)."""
+        c = self.config
+        pool = clean[torch.randperm(clean.shape[0], generator=gen)[:c.coreset_candidates]].float()
+        projected = pool
+        if c.coreset_projection and c.coreset_projection < pool.shape[1]:
+            proj = torch.randn(pool.shape[1], c.coreset_projection, generator=gen) / math.sqrt(c.coreset_projection)
+            projected = pool @ proj
+        picked = pool[greedy_coreset(projected, c.bank_size, gen)]
+        reps = math.ceil(c.bank_size / picked.shape[0])
+        return picked.repeat(reps, 1)[:c.bank_size]
+
+    def fit_features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) in [0, 1] -> features (B, D, h, w) as the inference net computes them at evaluation: padded
+        to the stride (reflect, as ``training.evaluation`` and the runtime do), the padding's features dropped."""
+        h, w = images.shape[-2:]
+        padded = pad_to_multiple(images, self.input_spec().stride)
+        feats = self.features(self.adapter(padded))
+        keep_h = math.ceil(h * feats.shape[-2] / padded.shape[-2])
+        keep_w = math.ceil(w * feats.shape[-1] / padded.shape[-1])
+        return feats[..., :keep_h, :keep_w]
+
+    @torch.no_grad()
+    def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) in [0, 1] -> anomaly score (B, H, W): the nearest-bank distance, bilinearly upsampled from
+        the feature grid (the frames padded to the stride as at evaluation, the padding cropped)."""
+        self._require_fit()
+        h, w = images.shape[-2:]
+        padded = pad_to_multiple(images.to(self._device, torch.float32), self.input_spec().stride)
+        score = BankDistance(self.bank)(self.features(self.adapter(padded)))  # (B, 1, h', w')
+        score = F.interpolate(score, size=padded.shape[-2:], mode="bilinear", align_corners=False)
+        return score[:, 0, :h, :w]
+
+    # -- engine hooks (no optimiser steps, as the baselines) ------------------------------------------------------
+    def on_epoch_start(self, ctx: FitContext) -> None:
+        if self.fitted:
+            return
+        if ctx.train_loader is None:
+            raise TrainingError(f"{self.name} fits its memory bank over ctx.train_loader, which is None")
+        ctx.log(self.fit_centroids(ctx.train_loader, ctx))
+
+    def training_step(self, batch: dict[str, torch.Tensor], ctx: FitContext) -> dict[str, Any]:
+        self._require_fit()
+        images = next(_images([batch], self.config.channels, self._device))
+        with torch.no_grad():
+            feats = self.fit_features(images)
+            scores = nearest_distance(feats.flatten(2).transpose(1, 2).reshape(-1, feats.shape[1]), self.bank)
+        return {"loss": scores.mean().requires_grad_()}  # a leaf: backward changes nothing
+
+    def configure_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD([{"params": []}], lr=0.0)  # nothing to train
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"fit_log": dict(self._fit_log)}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self._fit_log = dict(state.get("fit_log", {}))
+
+    # -- inference -------------------------------------------------------------------------------------------------
+    def eval_heads(self) -> dict[str, int]:
+        heads = {"main": self.config.n_clusters}
+        if self.config.over_clusters:
+            heads["over"] = self.config.over_clusters
+        return heads
+
+    def inference_net(self, head: str = "main") -> nn.Module:
+        if head not in self.eval_heads():
+            raise ConfigError(f"{self.name} has heads {sorted(self.eval_heads())}, not {head!r}")
+        self._require_fit()
+        defects = NearestCentroidLogits(getattr(self, _centroid_name(head)), self.config.temperature)
+        return AnomalyInferenceNet(self.adapter, self.features, BankDistance(self.bank), defects, self.threshold,
+                                   self.config.gate_scale).eval()
+
+    def _require_fit(self) -> None:
+        if not self.fitted:
+            raise TrainingError(f"{self.name} has no memory bank yet: fit it first (fit_centroids or on_epoch_start)")
+        if not bool(self.features.backbone.weights_ready):
+            raise TrainingError(f"{self.name}: the trunk has no pretrained weights (prepare_backbones())")
+
+    def input_spec(self) -> InputSpec:
+        c = self.config
+        stride = self.features.backbone.stride
+        return c.input.spec(c.channels, stride=stride, min_size=stride, default=backbone_normalisation(c))
+
