@@ -1,6 +1,6 @@
 """What the demo runs, from environment variables (``make demo`` passes them through).
 
-    DEMO_METHOD    iic | ac | infoseg | picie       (default: DEFAULT_METHOD)
+    DEMO_METHOD    iic | ac | infoseg | picie | anomaly  (default: DEFAULT_METHOD)
     DEMO_PRESET    a preset name or YAML path      (default: METHODS[method].preset)
     DEMO_HEAD      main | over                      (default: METHODS[method].head)
     DEMO_STEPS     optimiser steps: the demo's work (default: METHODS[method].steps; 0: the cap alone)
@@ -47,6 +47,8 @@ METHODS: dict[str, MethodChoice] = {
     "ac": MethodChoice(preset="ac_cpu", head="main", steps=100),
     "infoseg": MethodChoice(preset="infoseg_cpu", head="main", steps=320),
     "picie": MethodChoice(preset="picie_cpu", head="main", steps=160),
+    # no gradient steps: the memory bank is fitted at the first epoch start; 4 steps = one epoch of the sample
+    "anomaly": MethodChoice(preset="anomaly_cpu", head="main", steps=4),
 }
 DEFAULT_METHOD = "iic"
 HEADS = ("main", "over")

@@ -85,6 +85,8 @@ class AnomalyConfig(MethodConfig):
     over_clusters: int = 0  # K of the "over" head (1 normal + over_clusters - 1 defect clusters); 0 = none
     aggregate: int = 3  # p x p local average of the features (PatchCore's neighbourhood); 1 = none
     max_images: int = 1000  # training frames whose patches are kept for the fit
+    patches_per_image: int | None = None  # random patches each frame keeps (null = all; bounds memory and time on
+    #                                       large frames: a 256x1600 frame has 6400 stride-8 patches)
     score_references: int = 8  # other frames each frame's patches are compared with (bank cleaning)
     score_keep: float = 0.5  # fraction of the smallest reference distances averaged into a patch's cleaning score
     drop_fraction: float = 0.15  # most anomalous share of the training patches kept out of the bank
@@ -113,6 +115,8 @@ class AnomalyConfig(MethodConfig):
                               f"{self.n_clusters} / {self.over_clusters}")
         if self.aggregate < 1 or self.aggregate % 2 == 0:
             raise ConfigError(f"{name}.aggregate must be an odd number >= 1, got {self.aggregate}")
+        if self.patches_per_image is not None and self.patches_per_image < 1:
+            raise ConfigError(f"{name}.patches_per_image must be >= 1 or null, got {self.patches_per_image}")
         if self.max_images < 2 or self.score_references < 1 or self.bank_size < 1 or self.coreset_candidates < 1:
             raise ConfigError(f"{name}: max_images must be >= 2; score_references, bank_size and coreset_candidates "
                               ">= 1")
@@ -213,15 +217,18 @@ class PatchFeatures(nn.Module):
 
 
 class BankDistance(nn.Module):
-    """(B, D, h, w) features -> (B, 1, h, w) distance to the nearest bank entry, as a 1x1 convolution + ReduceMax."""
+    """(B, D, h, w) features -> (B, 1, h, w) distance to the nearest bank entry, as a 1x1 convolution + ReduceMax.
+
+    The convolution's weight 2 B and bias -||b||^2 are computed here, once, so that the exported graph holds them as
+    constants (the exporter does not fold a product with a bank-sized tensor); build a new one after a refit."""
 
     def __init__(self, bank: torch.Tensor):
         super().__init__()
-        self.register_buffer("bank", bank)  # the method's buffer (the same tensor)
+        self.register_buffer("weight", 2.0 * bank.detach().clone()[:, :, None, None])  # (M, D, 1, 1)
+        self.register_buffer("bias", -(bank.detach() * bank.detach()).sum(dim=1))  # (M,)
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        b = self.bank.to(feats.dtype)  # (M, D)
-        sim = F.conv2d(feats, 2.0 * b[:, :, None, None], -(b * b).sum(dim=1))  # (B, M, h, w): 2 f.b - |b|^2
+        sim = F.conv2d(feats, self.weight.to(feats.dtype), self.bias.to(feats.dtype))  # (B, M, h, w): 2 f.b - |b|^2
         d2 = (feats * feats).sum(dim=1, keepdim=True) - sim.amax(dim=1, keepdim=True)  # (B, 1, h, w)
         return d2.clamp_min(0).sqrt()
 
@@ -291,7 +298,7 @@ class AnomalyDiscovery(Method):
         self.prepare_backbones()
         seed = c.seed if c.seed is not None else int(torch.randint(0, 2**62, (1,)))
         gen = torch.Generator().manual_seed(seed)
-        patches = self._collect_patches(batches)  # one (n_i, D) float16 tensor per frame
+        patches = self._collect_patches(batches, gen)  # one (n_i, D) float16 tensor per frame
         cleaning = cross_image_scores(patches, c.score_references, c.score_keep, gen, c.chunk_size)
         flat = torch.cat(patches)  # (N, D)
         flat_scores = torch.cat(cleaning)  # (N,)
@@ -317,13 +324,20 @@ class AnomalyDiscovery(Method):
                     flat.shape[0], len(patches), c.bank_size, float(self.threshold), 100 * log["anomalous_share"], seed)
         return dict(log)
 
-    def _collect_patches(self, batches: Iterable[dict[str, torch.Tensor] | torch.Tensor]) -> list[torch.Tensor]:
+    def _collect_patches(self, batches: Iterable[dict[str, torch.Tensor] | torch.Tensor], gen: torch.Generator
+                         ) -> list[torch.Tensor]:
+        """One (n, D) float16 tensor per frame (its patches, or ``patches_per_image`` random ones), ``max_images``
+        frames at most."""
+        c = self.config
         patches: list[torch.Tensor] = []
-        for images in _images(batches, self.config.channels, self._device):
+        for images in _images(batches, c.channels, self._device):
             feats = self.fit_features(images)  # (B, D, h, w)
             for f in feats:
-                patches.append(f.flatten(1).T.to(torch.float16).cpu())  # (h w, D)
-                if len(patches) == self.config.max_images:
+                points = f.flatten(1).T.to(torch.float16).cpu()  # (h w, D)
+                if c.patches_per_image is not None and c.patches_per_image < points.shape[0]:
+                    points = points[torch.randperm(points.shape[0], generator=gen)[:c.patches_per_image]]
+                patches.append(points)
+                if len(patches) == c.max_images:
                     return patches
         return patches
 
