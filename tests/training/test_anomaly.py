@@ -30,20 +30,21 @@ from training.methods.baselines import NearestCentroidLogits
 SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "neu-seg"
 
 
-def _brute_nearest(points: np.ndarray, bank: np.ndarray) -> np.ndarray:
-    return np.array([min(np.sqrt(((p - b) ** 2).sum()) for b in bank) for p in points])
+def _brute_nearest(points: np.ndarray, bank: np.ndarray, k: int = 1) -> np.ndarray:
+    return np.array([np.mean(sorted(np.sqrt(((p - b) ** 2).sum()) for b in bank)[:k]) for p in points])
 
 
-def test_nearest_distance_matches_brute_force_numpy():
+@pytest.mark.parametrize("k", [1, 4])
+def test_nearest_distance_matches_brute_force_numpy(k):
     rng = np.random.default_rng(0)
     points, bank = rng.normal(size=(37, 9)), rng.normal(size=(23, 9))
     got = nearest_distance(torch.tensor(points, dtype=torch.float32), torch.tensor(bank, dtype=torch.float32),
-                           chunk_size=10)
-    np.testing.assert_allclose(got.numpy(), _brute_nearest(points, bank), rtol=1e-5, atol=1e-5)
-    # the graph's form (1x1 conv + ReduceMax) gives the same distances
+                           chunk_size=10, k=k)
+    np.testing.assert_allclose(got.numpy(), _brute_nearest(points, bank, k), rtol=1e-5, atol=1e-5)
+    # the graph's form (1x1 conv + ReduceMax / TopK) gives the same distances
     grid = torch.tensor(points, dtype=torch.float32).T.reshape(1, 9, 37, 1)
-    graph = BankDistance(torch.tensor(bank, dtype=torch.float32))(grid)
-    np.testing.assert_allclose(graph.flatten().numpy(), _brute_nearest(points, bank), rtol=1e-4, atol=1e-4)
+    graph = BankDistance(torch.tensor(bank, dtype=torch.float32), k)(grid)
+    np.testing.assert_allclose(graph.flatten().numpy(), _brute_nearest(points, bank, k), rtol=1e-4, atol=1e-4)
 
 
 def test_cross_image_score_matches_brute_force_numpy():

@@ -83,6 +83,7 @@ class AnomalyConfig(MethodConfig):
 
     backbone: BackboneConfig | None = field(default_factory=_default_backbone)  # frozen trunk; taps fused at the finest
     over_clusters: int = 0  # K of the "over" head (1 normal + over_clusters - 1 defect clusters); 0 = none
+    grid_stride: int | None = 8  # stride of the feature grid the taps are resized to; null = the finest tap's
     aggregate: int = 3  # p x p local average of the features (PatchCore's neighbourhood); 1 = none
     max_images: int = 1000  # training frames whose patches are kept for the fit
     patches_per_image: int | None = None  # random patches each frame keeps (null = all; bounds memory and time on
@@ -91,6 +92,8 @@ class AnomalyConfig(MethodConfig):
     score_keep: float = 0.5  # fraction of the smallest reference distances averaged into a patch's cleaning score
     drop_fraction: float = 0.15  # most anomalous share of the training patches kept out of the bank
     bank_size: int = 4096  # memory-bank entries after the coreset
+    coreset: str = "kcenter"  # "kcenter" (PatchCore's greedy k-center) | "random" (keeps the patches' density)
+    k_nearest: int = 1  # anomaly score = mean distance to this many nearest bank entries (PatchCore: 1)
     coreset_candidates: int = 100_000  # random pool the greedy k-center coreset picks from
     coreset_projection: int = 128  # Gaussian projection dimensions of the coreset distances; 0 = none
     threshold_quantile: float = 0.88  # anomaly threshold = this quantile of the training patches' scores
@@ -113,6 +116,12 @@ class AnomalyConfig(MethodConfig):
         if self.n_clusters < 2 or self.over_clusters < 0 or self.over_clusters == 1:
             raise ConfigError(f"{name}: n_clusters must be >= 2 and over_clusters 0 or >= 2, got "
                               f"{self.n_clusters} / {self.over_clusters}")
+        if self.coreset not in ("kcenter", "random"):
+            raise ConfigError(f"{name}.coreset must be 'kcenter' or 'random', got {self.coreset!r}")
+        if not 1 <= self.k_nearest <= self.bank_size:
+            raise ConfigError(f"{name}.k_nearest must be in 1..bank_size ({self.bank_size}), got {self.k_nearest}")
+        if self.grid_stride is not None and self.grid_stride < 1:
+            raise ConfigError(f"{name}.grid_stride must be >= 1 or null, got {self.grid_stride}")
         if self.aggregate < 1 or self.aggregate % 2 == 0:
             raise ConfigError(f"{name}.aggregate must be an odd number >= 1, got {self.aggregate}")
         if self.patches_per_image is not None and self.patches_per_image < 1:
@@ -134,8 +143,8 @@ class AnomalyConfig(MethodConfig):
 
 
 # -- the pure pieces (tested against numpy references) ----------------------------------------------------------
-def nearest_distance(points: torch.Tensor, bank: torch.Tensor, chunk_size: int = 4096) -> torch.Tensor:
-    """(N, D), (M, D) -> (N,) Euclidean distance of each point to its nearest bank row."""
+def nearest_distance(points: torch.Tensor, bank: torch.Tensor, chunk_size: int = 4096, k: int = 1) -> torch.Tensor:
+    """(N, D), (M, D) -> (N,) mean Euclidean distance of each point to its ``k`` nearest bank rows."""
     b = bank.float()
     b_sq = (b * b).sum(dim=1)  # (M,)
     out = []
@@ -143,7 +152,8 @@ def nearest_distance(points: torch.Tensor, bank: torch.Tensor, chunk_size: int =
         for x in points.split(chunk_size):
             x = x.float()
             d2 = (x * x).sum(dim=1, keepdim=True) - 2 * x @ b.T + b_sq  # (n, M)
-            out.append(d2.amin(dim=1).clamp_min(0).sqrt())
+            nearest = d2.amin(dim=1, keepdim=True) if k == 1 else d2.topk(k, dim=1, largest=False).values  # (n, k)
+            out.append(nearest.clamp_min(0).sqrt().mean(dim=1))
     return torch.cat(out) if out else points.new_zeros(0)
 
 
@@ -193,14 +203,18 @@ def greedy_coreset(points: torch.Tensor, size: int, gen: torch.Generator, first:
 
 # -- the inference graph --------------------------------------------------------------------------------------
 class PatchFeatures(nn.Module):
-    """(B, C, H, W) normalised, H and W multiples of the trunk's stride -> (B, D, H/s, W/s), s = the finest tap's
-    stride: taps L2-normalised, resized to that grid, concatenated, then a p x p local average."""
+    """(B, C, H, W) normalised, H and W multiples of the trunk's stride -> (B, D, H/s, W/s), s = ``grid_stride``
+    (default the finest tap's stride): taps L2-normalised, resized bilinearly to that grid (a stride-4 tap on a
+    stride-8 grid: the mean of each 2 x 2 block), concatenated, then a p x p local average."""
 
-    def __init__(self, backbone: DenseBackbone, aggregate: int):
+    def __init__(self, backbone: DenseBackbone, aggregate: int, grid_stride: int | None = None):
         super().__init__()
         self.backbone = backbone
         self.aggregate = aggregate
-        self.grid_stride = min(backbone.config.tap_strides())
+        self.grid_stride = grid_stride or min(backbone.config.tap_strides())
+        if backbone.stride % self.grid_stride:
+            raise ConfigError(f"grid_stride {self.grid_stride} must divide the trunk's input stride {backbone.stride} "
+                              f"(taps {backbone.taps})")
         self.out_dim = backbone.out_channels
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -217,20 +231,23 @@ class PatchFeatures(nn.Module):
 
 
 class BankDistance(nn.Module):
-    """(B, D, h, w) features -> (B, 1, h, w) distance to the nearest bank entry, as a 1x1 convolution + ReduceMax.
+    """(B, D, h, w) features -> (B, 1, h, w) mean distance to the k nearest bank entries, as a 1x1 convolution +
+    ReduceMax (k = 1) or TopK.
 
     The convolution's weight 2 B and bias -||b||^2 are computed here, once, so that the exported graph holds them as
     constants (the exporter does not fold a product with a bank-sized tensor); build a new one after a refit."""
 
-    def __init__(self, bank: torch.Tensor):
+    def __init__(self, bank: torch.Tensor, k: int = 1):
         super().__init__()
+        self.k = k
         self.register_buffer("weight", 2.0 * bank.detach().clone()[:, :, None, None])  # (M, D, 1, 1)
         self.register_buffer("bias", -(bank.detach() * bank.detach()).sum(dim=1))  # (M,)
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         sim = F.conv2d(feats, self.weight.to(feats.dtype), self.bias.to(feats.dtype))  # (B, M, h, w): 2 f.b - |b|^2
-        d2 = (feats * feats).sum(dim=1, keepdim=True) - sim.amax(dim=1, keepdim=True)  # (B, 1, h, w)
-        return d2.clamp_min(0).sqrt()
+        top = sim.amax(dim=1, keepdim=True) if self.k == 1 else sim.topk(self.k, dim=1).values  # (B, k, h, w)
+        d2 = (feats * feats).sum(dim=1, keepdim=True) - top  # (B, k, h, w) squared distances to the k nearest
+        return d2.clamp_min(0).sqrt().mean(dim=1, keepdim=True)  # (B, 1, h, w)
 
 
 class AnomalyInferenceNet(nn.Module):
@@ -264,7 +281,8 @@ class AnomalyDiscovery(Method):
         super().__init__(config)
         c = config
         self.adapter = c.input.adapter(c.channels, backbone_normalisation(c))
-        self.features = PatchFeatures(DenseBackbone(c.backbone, c.channels), c.aggregate)  # type: ignore[arg-type]
+        self.features = PatchFeatures(DenseBackbone(c.backbone, c.channels),  # type: ignore[arg-type]
+                                      c.aggregate, c.grid_stride)
         self.features.requires_grad_(False).eval()
         d = self.features.out_dim
         self.register_buffer("bank", torch.zeros(c.bank_size, d))
@@ -305,7 +323,7 @@ class AnomalyDiscovery(Method):
         clean = drop_most_anomalous(flat, flat_scores, c.drop_fraction)
         self.bank.copy_(self._coreset(clean, gen).to(self.bank))
         sample = flat[torch.randperm(flat.shape[0], generator=gen)[:c.kmeans_max_points]].to(self._device)
-        scores = nearest_distance(sample, self.bank, c.chunk_size)
+        scores = nearest_distance(sample, self.bank, c.chunk_size, c.k_nearest)
         self.threshold.fill_(max(float(torch.quantile(scores.float().cpu(), c.threshold_quantile)), 1e-6))
         anomalous = sample[scores > self.threshold].float()
         if anomalous.shape[0] < max(self.eval_heads().values()):
@@ -342,14 +360,19 @@ class AnomalyDiscovery(Method):
         return patches
 
     def _coreset(self, clean: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """(N, D) cleaned patches -> (bank_size, D) bank: greedy k-center on a random pool (cyclic repeat if short)."""
+        """(N, D) cleaned patches -> (bank_size, D) bank: greedy k-center on a random pool, or the pool's first
+        ``bank_size`` (``coreset: random``); repeated cyclically when short (then, with k_nearest > 1, a patch's k
+        nearest can hold duplicates)."""
         c = self.config
         pool = clean[torch.randperm(clean.shape[0], generator=gen)[:c.coreset_candidates]].float()
-        projected = pool
-        if c.coreset_projection and c.coreset_projection < pool.shape[1]:
-            proj = torch.randn(pool.shape[1], c.coreset_projection, generator=gen) / math.sqrt(c.coreset_projection)
-            projected = pool @ proj
-        picked = pool[greedy_coreset(projected, c.bank_size, gen)]
+        if c.coreset == "random":
+            picked = pool[:c.bank_size]
+        else:
+            projected = pool
+            if c.coreset_projection and c.coreset_projection < pool.shape[1]:
+                proj = torch.randn(pool.shape[1], c.coreset_projection, generator=gen) / math.sqrt(c.coreset_projection)
+                projected = pool @ proj
+            picked = pool[greedy_coreset(projected, c.bank_size, gen)]
         reps = math.ceil(c.bank_size / picked.shape[0])
         return picked.repeat(reps, 1)[:c.bank_size]
 
@@ -370,7 +393,7 @@ class AnomalyDiscovery(Method):
         self._require_fit()
         h, w = images.shape[-2:]
         padded = pad_to_multiple(images.to(self._device, torch.float32), self.input_spec().stride)
-        score = BankDistance(self.bank)(self.features(self.adapter(padded)))  # (B, 1, h', w')
+        score = BankDistance(self.bank, self.config.k_nearest)(self.features(self.adapter(padded)))  # (B, 1, h', w')
         score = F.interpolate(score, size=padded.shape[-2:], mode="bilinear", align_corners=False)
         return score[:, 0, :h, :w]
 
@@ -387,7 +410,8 @@ class AnomalyDiscovery(Method):
         images = next(_images([batch], self.config.channels, self._device))
         with torch.no_grad():
             feats = self.fit_features(images)
-            scores = nearest_distance(feats.flatten(2).transpose(1, 2).reshape(-1, feats.shape[1]), self.bank)
+            points = feats.flatten(2).transpose(1, 2).reshape(-1, feats.shape[1])
+            scores = nearest_distance(points, self.bank, self.config.chunk_size, self.config.k_nearest)
         return {"loss": scores.mean().requires_grad_()}  # a leaf: backward changes nothing
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
@@ -411,7 +435,8 @@ class AnomalyDiscovery(Method):
             raise ConfigError(f"{self.name} has heads {sorted(self.eval_heads())}, not {head!r}")
         self._require_fit()
         defects = NearestCentroidLogits(getattr(self, _centroid_name(head)), self.config.temperature)
-        return AnomalyInferenceNet(self.adapter, self.features, BankDistance(self.bank), defects, self.threshold,
+        return AnomalyInferenceNet(self.adapter, self.features, BankDistance(self.bank, self.config.k_nearest), defects,
+                                   self.threshold,
                                    self.config.gate_scale).eval()
 
     def _require_fit(self) -> None:
