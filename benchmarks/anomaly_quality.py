@@ -72,8 +72,33 @@ def score_maps(method: Any, loader: Any) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(scores), np.concatenate(positive)
 
 
+def speed(method: Any, size: tuple[int, int], threads: int, runs: int, workdir: Path) -> dict[str, Any]:
+    """Export ``method`` (fp32, static ``size``) and time ``Segmenter.predict`` on a grey frame of that size; the
+    bank's share of the ONNX file and the median / p90 milliseconds of ``runs`` predictions after 2 warm-ups."""
+    from export.pipeline import ExportOptions, export_method
+    from usseg_sdk import Segmenter
+    from usseg_sdk.config import SegmenterConfig
+
+    out = workdir / f"anomaly_{size[0]}x{size[1]}"
+    export_method(method, ExportOptions(out=out, input_size=size, verify=False))
+    onnx_path = out / "model.onnx"
+    frame = (np.random.default_rng(0).random(size) * 255).astype(np.uint8)
+    with Segmenter(onnx_path, config=SegmenterConfig(intra_op_threads=threads)) as seg:
+        for _ in range(2):
+            seg.predict(frame)
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            seg.predict(frame)
+            times.append(1000 * (time.perf_counter() - start))
+    bank_mb = method.bank.numel() * 4 / 2**20  # the bank convolution's weight (its bias adds bank_size floats)
+    return {"size": list(size), "threads": threads, "runs": runs, "median_ms": float(np.median(times)),
+            "p90_ms": float(np.percentile(times, 90)), "onnx_mb": onnx_path.stat().st_size / 2**20,
+            "bank_mb": bank_mb, "bank_size": int(method.bank.shape[0]), "feature_dim": int(method.bank.shape[1])}
+
+
 def run_dataset(name: str, root: Path, cache: Path, fit_images: int, eval_limit: int | None,
-                seed: int) -> dict[str, Any]:
+                seed: int, speed_runs: int = 0) -> dict[str, Any]:
     dataset = DATASETS[name]
     folder = dataset.mask_folder(root, cache)
     preset = load_preset(preset_path("anomaly_neu"))
@@ -103,6 +128,9 @@ def run_dataset(name: str, root: Path, cache: Path, fit_images: int, eval_limit:
             "threshold_defect_iou": inter / union if union else float("nan"),
             "predicted_share": float(predicted.mean())}
         log.info("%s %s: %s", name, variant, {k: v for k, v in out["variants"][variant].items() if k != "fit"})
+        if speed_runs and variant == "preset":
+            out["speed"] = speed(method, (256, 1600), 2, speed_runs, cache / "anomaly_speed")
+            log.info("%s speed: %s", name, out["speed"])
     return out
 
 
@@ -120,6 +148,15 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {name} | {variant} | {res['fit_images']} | {res['eval_images']} | "
                          f"{res['defect_share']:.3f} | {v['auroc']:.3f} | {v['ap']:.3f} | "
                          f"{v['threshold_defect_iou']:.3f} | {v['predicted_share']:.3f} | {v['fit_seconds']:.0f} |")
+    for name, res in results["datasets"].items():
+        if "speed" in res:
+            sp = res["speed"]
+            h, w = sp["size"]
+            lines += ["", f"Speed of the `preset` model fitted on {name}, exported fp32 at {h}x{w}, through "
+                      f"`Segmenter.predict` with {sp['threads']} onnxruntime threads on this 2-core CPU (shared with "
+                      f"other jobs): median {sp['median_ms']:.0f} ms, p90 {sp['p90_ms']:.0f} ms over {sp['runs']} "
+                      f"frames; ONNX file {sp['onnx_mb']:.1f} MB, of which the bank ({sp['bank_size']} x "
+                      f"{sp['feature_dim']} float32) {sp['bank_mb']:.1f} MB."]
     return "\n".join(lines) + "\n"
 
 
@@ -131,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fit-images", type=int, default=1000)
     parser.add_argument("--eval-limit", type=int, default=200, help="NEU-Seg eval images (0: all)")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--speed-runs", type=int, default=10, help="timed 256x1600 predictions (0: no speed check)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -139,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"seed": args.seed, "datasets": {}}
     for name in args.datasets:
         limit = (args.eval_limit or None) if name == "neu" else None
-        results["datasets"][name] = run_dataset(name, root, Path(args.cache), args.fit_images, limit, args.seed)
+        speed_runs = args.speed_runs if name == "neu" else 0
+        results["datasets"][name] = run_dataset(name, root, Path(args.cache), args.fit_images, limit, args.seed,
+                                                speed_runs)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out / "anomaly_quality.json", json.dumps(results, indent=2) + "\n")

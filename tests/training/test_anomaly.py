@@ -156,3 +156,13 @@ def test_inference_needs_a_fit():
     method = build_method("anomaly", {"n_clusters": 4, **BACKBONE_TINY["anomaly"]})
     with pytest.raises(TrainingError, match="no memory bank yet"):
         method.inference_net()
+
+
+@pytest.mark.parametrize("preset", ["anomaly_neu", "anomaly_cpu"])
+def test_presets_build_the_method_with_a_stride_8_grid(preset):
+    from training.config import load_preset, resolve_config
+
+    config = resolve_config(load_preset(preset))
+    method = build_method(config["method"], config["method_config"])
+    assert method.features.grid_stride == 8 and method.eval_heads() == {"main": 4, "over": 20}
+    assert method.bank.shape == (method.config.bank_size, 64)  # Lite0 taps 1 and 2: 24 + 40 channels
