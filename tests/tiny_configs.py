@@ -15,7 +15,8 @@ TINY: dict[str, dict] = {
               "kmeans_pixels_per_image": 64},
     "kmeans": _KMEANS,
     "random_cnn": {**_KMEANS, "feature_dim": 16},
-    "anomaly": {"over_clusters": 6, "bank_size": 64, "coreset_candidates": 2000, "kmeans_iters": 5, "seed": 0},
+    "anomaly": {"over_clusters": 6, "over_normal_clusters": 2, "bank_size": 64, "coreset_candidates": 2000,
+                "kmeans_iters": 5, "seed": 0},
 }
 
 # Every method on the pretrained Lite0 trunk, small heads (method_config.backbone; the trunk itself is fixed).

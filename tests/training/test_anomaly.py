@@ -90,21 +90,26 @@ def test_bank_cleaning_drops_planted_outliers():
     assert len(kept) == 582
 
 
-def test_inference_net_argmax_is_normal_below_the_threshold_else_nearest_defect_centroid():
+@pytest.mark.parametrize("n_normal", [1, 3])
+def test_inference_net_argmax_is_normal_below_the_threshold_else_nearest_defect_centroid(n_normal):
     gen = torch.Generator().manual_seed(0)
     bank = torch.randn(30, 6, generator=gen)
     centroids = torch.randn(3, 6, generator=gen) * 3
+    normal_centroids = torch.randn(n_normal, 6, generator=gen) * 3
     feats = torch.randn(2, 6, 7, 9, generator=gen) * 2  # already at the "feature grid": no upsampling happens
     dist = BankDistance(bank)(feats)[:, 0]  # (B, h, w)
     threshold = dist.median()
+    normal = NearestCentroidLogits(normal_centroids, 1.0) if n_normal > 1 else None
     net = AnomalyInferenceNet(nn.Identity(), nn.Identity(), BankDistance(bank),  # type: ignore[arg-type]
-                              NearestCentroidLogits(centroids, 1.0), threshold.clone(), gate_scale=10.0)
+                              NearestCentroidLogits(centroids, 1.0), threshold.clone(), 10.0, normal)
     labels = net(feats).argmax(dim=1)
     flat = feats.permute(0, 2, 3, 1).reshape(-1, 6)
-    nearest = torch.cdist(flat, centroids).argmin(dim=1).reshape(2, 7, 9) + 1
-    expected = torch.where(dist > threshold, nearest, torch.zeros_like(nearest))
+    nearest_defect = torch.cdist(flat, centroids).argmin(dim=1).reshape(2, 7, 9) + n_normal
+    nearest_normal = torch.cdist(flat, normal_centroids).argmin(dim=1).reshape(2, 7, 9)
+    expected = torch.where(dist > threshold, nearest_defect, nearest_normal)
     assert torch.equal(labels, expected)
-    assert 0 < int((labels == 0).sum()) < labels.numel()
+    assert 0 < int((labels < n_normal).sum()) < labels.numel()
+    assert len(labels.unique()) > n_normal  # several clusters of each group are used
 
 
 def test_config_errors_name_the_field():
@@ -116,6 +121,8 @@ def test_config_errors_name_the_field():
         build_method("anomaly", {"drop_fraction": 1.0})
     with pytest.raises(ConfigError, match="taps"):
         build_method("anomaly", {"backbone": {"taps": [2, 2]}})
+    with pytest.raises(ConfigError, match="over_normal_clusters"):
+        build_method("anomaly", {"over_clusters": 5, "over_normal_clusters": 5})
 
 
 def _loader(crop: int | None, batch_size: int = 8) -> DataLoader:
@@ -137,7 +144,8 @@ def fitted():
 def test_fit_on_the_trunk_gives_both_heads_and_a_finite_leaf_loss(fitted):
     assert fitted.fitted and fitted.features.grid_stride == 8 and fitted.input_spec().stride == 16
     assert fitted.eval_heads() == {"main": 4, "over": 6}
-    assert fitted.centroids.shape == (3, 152) and fitted.centroids_over.shape == (5, 152)
+    assert fitted.centroids.shape == (3, 152) and fitted.centroids_over.shape == (4, 152)  # 6 = 2 normal + 4
+    assert fitted.normal_centroids_over.shape == (2, 152)
     images = next(iter(_loader(crop=None)))["image"][:2]
     out = fitted.training_step({"image": images}, FitContext(device=torch.device("cpu")))
     assert torch.isfinite(out["loss"]) and not list(fitted.configure_optimizer().param_groups[0]["params"])

@@ -82,7 +82,8 @@ class AnomalyConfig(MethodConfig):
     """Anomaly score from a cleaned, coreset-subsampled memory bank; defect kinds by k-means over anomalous patches."""
 
     backbone: BackboneConfig | None = field(default_factory=_default_backbone)  # frozen trunk; taps fused at the finest
-    over_clusters: int = 0  # K of the "over" head (1 normal + over_clusters - 1 defect clusters); 0 = none
+    over_clusters: int = 0  # K of the "over" head (over_normal_clusters normal + the rest defect clusters); 0 = none
+    over_normal_clusters: int = 1  # clusters of the normal patches in the "over" head (the main head has one)
     grid_stride: int | None = 8  # stride of the feature grid the taps are resized to; null = the finest tap's
     aggregate: int = 3  # p x p local average of the features (PatchCore's neighbourhood); 1 = none
     max_images: int = 1000  # training frames whose patches are kept for the fit
@@ -138,6 +139,9 @@ class AnomalyConfig(MethodConfig):
             raise ConfigError(f"{name}: coreset_projection and kmeans_iters must be >= 0, chunk_size >= 1")
         if not (self.gate_scale > 0 and self.temperature > 0):
             raise ConfigError(f"{name}: gate_scale and temperature must be > 0")
+        if self.over_clusters and not 1 <= self.over_normal_clusters < self.over_clusters:
+            raise ConfigError(f"{name}.over_normal_clusters must be in 1..{self.over_clusters - 1}, "
+                              f"got {self.over_normal_clusters}")
         if self.kmeans_max_points < max(self.n_clusters, self.over_clusters):
             raise ConfigError(f"{name}.kmeans_max_points ({self.kmeans_max_points}) must be at least K")
 
@@ -251,20 +255,28 @@ class BankDistance(nn.Module):
 
 
 class AnomalyInferenceNet(nn.Module):
-    """float32 (B, C, H, W) in [0, 1] -> probabilities (B, K, H, W): cluster 0 normal, 1.. the defect clusters."""
+    """float32 (B, C, H, W) in [0, 1] -> probabilities (B, K, H, W): the normal clusters first (one, or the nearest of
+    ``normal``'s centroids), then the defect clusters; the gate decides between the two groups."""
 
     def __init__(self, adapter: nn.Module, features: PatchFeatures, distance: BankDistance,
-                 defects: NearestCentroidLogits, threshold: torch.Tensor, gate_scale: float):
+                 defects: NearestCentroidLogits, threshold: torch.Tensor, gate_scale: float,
+                 normal: NearestCentroidLogits | None = None):
         super().__init__()
         self.adapter, self.features, self.distance, self.defects = adapter, features, distance, defects
+        self.normal = normal
         self.register_buffer("threshold", threshold)
         self.gate_scale = gate_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.features(self.adapter(x))  # (B, D, h, w)
         gate = self.gate_scale * (self.distance(feats) / self.threshold - 1.0)  # (B, 1, h, w), > 0 iff anomalous
-        near = self.defects(feats)  # (B, K-1, h, w)
-        logits = torch.cat([torch.zeros_like(gate), near - near.amax(dim=1, keepdim=True) + gate], dim=1)
+        near = self.defects(feats)  # (B, K - n_normal, h, w)
+        if self.normal is None:
+            normal = torch.zeros_like(gate)  # (B, 1, h, w)
+        else:
+            normal = self.normal(feats)  # (B, n_normal, h, w)
+            normal = normal - normal.amax(dim=1, keepdim=True)
+        logits = torch.cat([normal, near - near.amax(dim=1, keepdim=True) + gate], dim=1)
         logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
         return logits.softmax(dim=1)  # (B, K, H, W)
 
@@ -288,7 +300,10 @@ class AnomalyDiscovery(Method):
         self.register_buffer("bank", torch.zeros(c.bank_size, d))
         self.register_buffer("threshold", torch.ones(()))
         for head, k in self.eval_heads().items():
-            self.register_buffer(_centroid_name(head), torch.zeros(k - 1, d))
+            n_normal = self.normal_clusters(head)
+            self.register_buffer(_centroid_name(head), torch.zeros(k - n_normal, d))  # defect clusters
+            if n_normal > 1:
+                self.register_buffer(_normal_name(head), torch.zeros(n_normal, d))
         self.register_buffer("fit_points", torch.zeros((), dtype=torch.int64))  # 0 = not fitted yet
         self._fit_log: dict[str, float] = {}
 
@@ -325,17 +340,26 @@ class AnomalyDiscovery(Method):
         sample = flat[torch.randperm(flat.shape[0], generator=gen)[:c.kmeans_max_points]].to(self._device)
         scores = nearest_distance(sample, self.bank, c.chunk_size, c.k_nearest)
         self.threshold.fill_(max(float(torch.quantile(scores.float().cpu(), c.threshold_quantile)), 1e-6))
+        k_max = max(self.eval_heads().values())
         anomalous = sample[scores > self.threshold].float()
-        if anomalous.shape[0] < max(self.eval_heads().values()):
-            anomalous = sample[scores.argsort(descending=True)[:max(self.eval_heads().values())]].float()
+        if anomalous.shape[0] < k_max:
+            anomalous = sample[scores.argsort(descending=True)[:k_max]].float()
+        normal = sample[scores <= self.threshold].float()
+        if normal.shape[0] < k_max:
+            normal = sample[scores.argsort()[:k_max]].float()
         log = {"bank_patches": float(clean.shape[0]), "threshold": float(self.threshold),
                "anomalous_share": float((scores > self.threshold).float().mean())}
         for head, k in self.eval_heads().items():
-            km = MiniBatchKMeans(k - 1, init_batches=1, init_iters=c.kmeans_iters, max_init_points=c.kmeans_max_points,
-                                 chunk_size=65536, generator=gen)
-            km.add(anomalous)
-            getattr(self, _centroid_name(head)).copy_(km.finish())
-            log[f"kmeans_loss_{head}"] = km.loss
+            n_normal = self.normal_clusters(head)
+            fits = [(_centroid_name(head), anomalous, k - n_normal)]
+            if n_normal > 1:
+                fits.append((_normal_name(head), normal, n_normal))
+            for buffer, points, n in fits:
+                km = MiniBatchKMeans(n, init_batches=1, init_iters=c.kmeans_iters, max_init_points=c.kmeans_max_points,
+                                     chunk_size=65536, generator=gen)
+                km.add(points)
+                getattr(self, buffer).copy_(km.finish())
+                log[f"kmeans_loss_{buffer}"] = km.loss
         self.fit_points.fill_(flat.shape[0])
         self._fit_log = log
         logger.info("%s: %d patches of %d frames, bank %d, threshold %.4f, %.1f %% anomalous (seed %d)", self.name,
@@ -434,10 +458,15 @@ class AnomalyDiscovery(Method):
         if head not in self.eval_heads():
             raise ConfigError(f"{self.name} has heads {sorted(self.eval_heads())}, not {head!r}")
         self._require_fit()
-        defects = NearestCentroidLogits(getattr(self, _centroid_name(head)), self.config.temperature)
+        t = self.config.temperature
+        defects = NearestCentroidLogits(getattr(self, _centroid_name(head)), t)
+        normal = NearestCentroidLogits(getattr(self, _normal_name(head)), t) if self.normal_clusters(head) > 1 else None
         return AnomalyInferenceNet(self.adapter, self.features, BankDistance(self.bank, self.config.k_nearest), defects,
-                                   self.threshold,
-                                   self.config.gate_scale).eval()
+                                   self.threshold, self.config.gate_scale, normal).eval()
+
+    def normal_clusters(self, head: str) -> int:
+        """How many of ``head``'s clusters are normal (they come first)."""
+        return self.config.over_normal_clusters if head == "over" else 1
 
     def _require_fit(self) -> None:
         if not self.fitted:
@@ -450,3 +479,6 @@ class AnomalyDiscovery(Method):
         stride = self.features.backbone.stride
         return c.input.spec(c.channels, stride=stride, min_size=stride, default=backbone_normalisation(c))
 
+
+def _normal_name(head: str) -> str:
+    return f"normal_centroids_{head}"
