@@ -2,51 +2,51 @@
 
 On an inspection line the split that matters is "normal surface" against a few kinds of rare defect. Clustering
 objectives that balance cluster sizes spend their clusters on background texture. This method decides "normal or
-not" first, from how far a patch is from every normal patch seen in training (PatchCore, Roth et al., CVPR 2022),
-and only then clusters what is not normal into defect kinds (AnomalyNCD's order, CVPR 2025). No gradient step:
-like the ``kmeans`` baseline it fits once, in ``on_epoch_start`` (or :meth:`AnomalyDiscovery.fit_centroids`).
+not" first, from how far a patch is from the normal patches seen in training (PatchCore's memory bank, Roth et al.,
+CVPR 2022), and only then clusters what is not normal into defect kinds (AnomalyNCD's order, CVPR 2025). No gradient
+step: like the ``kmeans`` baseline it fits once, in ``on_epoch_start`` (or :meth:`AnomalyDiscovery.fit_centroids`).
 
-Features (:class:`PatchFeatures`): the frozen trunk's taps (default Lite0 stages 2 and 4, 40 + 112 channels, the
-stride-8 and stride-16 stage outputs), each L2-normalised over channels, resized bilinearly to the finest tap's
-grid (stride 8), concatenated, then a p x p local average (PatchCore's neighbourhood aggregation, p = 3):
-(B, D, H/8, W/8), D = 152.
+Features (:class:`PatchFeatures`): the frozen trunk's taps (presets: Lite0 stages 1 and 2, 24 + 40 channels at
+strides 4 and 8), each L2-normalised over channels, resized bilinearly to the ``grid_stride`` grid (8),
+concatenated, then a p x p local average (PatchCore's neighbourhood aggregation, p = 3): (B, D, H/8, W/8).
 
 Fit, on the training frames (labels unused):
 
-1. Every patch of up to ``max_images`` frames (float16 in memory).
+1. The patches of up to ``max_images`` frames (``patches_per_image`` random ones each, or all; float16 in memory).
 2. Bank cleaning. An unlabelled defect set has defects in the training frames (NEU-Seg: one in every frame, 12 %
-   of the pixels), so a bank of all training patches would call defects normal. Each patch is scored against
-   ``score_references`` *other* frames, MuSc-style (Li et al., ICLR 2024): its distance to the nearest patch of
-   each reference frame, and the mean of the smallest ``score_keep`` fraction of those distances (a normal patch
-   finds a close match in most frames; a defect patch in few). The ``drop_fraction`` most anomalous patches never
-   enter the bank.
-3. Greedy k-center coreset (PatchCore) of the rest down to ``bank_size`` entries: from a random pool of
-   ``coreset_candidates`` patches, on a fixed Gaussian projection to ``coreset_projection`` dimensions (as
-   PatchCore does for speed; the bank itself keeps the full features). A pool smaller than ``bank_size`` is repeated
-   cyclically: duplicates do not change a nearest distance, and the buffer keeps its configured shape.
-4. Anomaly score of a patch = distance to its nearest bank entry (k = 1, PatchCore's patch score). The threshold is
-   the ``threshold_quantile`` quantile of the training patches' scores (all of them, cleaned ones included): the
-   unsupervised default, a line's expected defect share. Calibration may refit the cluster-to-class mapping, not
-   the threshold (it is baked into the graph).
-5. Defect kinds: k-means (PiCIE's k-means++ + Lloyd, :mod:`training.methods.picie.kmeans`) over the features of
-   the training patches whose score is above the threshold, ``n_clusters - 1`` centroids for the main head and
-   ``over_clusters - 1`` for the "over" head. Cluster 0 of each head is "normal".
+   of the pixels), so a bank of all training patches calls defects normal. Each patch is scored against
+   ``score_references`` *other* frames, as MuSc does (Li et al., ICLR 2024): its distance to the nearest patch of
+   each reference frame, averaged over the smallest ``score_keep`` fraction of those distances. The
+   ``drop_fraction`` most anomalous patches never enter the bank.
+3. The bank: ``bank_size`` of the rest, by PatchCore's greedy k-center coreset (``coreset: kcenter``, on a Gaussian
+   projection to ``coreset_projection`` dimensions) or at random (``coreset: random``, the presets: it keeps the
+   patches' density, which is what separates defects on NEU-Seg, where defect kinds recur across frames and a
+   k-center bank covers them too; §9.2). A pool smaller than ``bank_size`` is repeated cyclically.
+4. Anomaly score = mean distance to the ``k_nearest`` nearest bank entries (PatchCore: 1; presets: 30). Threshold
+   tau = the ``threshold_quantile`` quantile of the training patches' scores: the unsupervised default, a line's
+   expected defect share. It is baked into the graph; calibration names clusters, it does not move tau.
+5. Clusters: PiCIE's k-means (:mod:`training.methods.picie.kmeans`) over the features of the training patches
+   scoring above tau gives the defect clusters (``n_clusters - 1`` for the main head); the main head has one normal
+   cluster. The "over" head has ``over_normal_clusters`` clusters of the patches at or below tau and
+   ``over_clusters - over_normal_clusters`` of those above, so that a defect kind the gate misses can still be named
+   from a normal cluster by calibration, while the anomalous 12 % get half the clusters.
 
 Inference graph (:class:`AnomalyInferenceNet`), all plain ops, at the feature grid then upsampled:
 
-    s = sqrt(max(0, ||f||^2 - max_m (2 f.b_m - ||b_m||^2)))        # a 1x1 conv with the bank as weight, ReduceMax
-    n_k = (2 f.c_k - ||c_k||^2) / T                                   # nearest defect centroid (1x1 conv)
-    logits = [0, n_k - max_j n_j + gate_scale * (s / tau - 1)]        # (B, K, h, w)
+    s = mean_k sqrt(max(0, ||f||^2 - top_k (2 f.b_m - ||b_m||^2)))   # 1x1 conv with the bank, ReduceMax / TopK
+    n_k = (2 f.c_k - ||c_k||^2) / T,  m_j = (2 f.a_j - ||a_j||^2) / T  # defect / normal centroids (1x1 convs)
+    logits = [m_j - max m, n_k - max n + gate_scale * (s / tau - 1)]   # (B, K, h, w); one normal: m = [0]
     probabilities = softmax(bilinear_upsample(logits))
 
-The largest defect logit is exactly ``gate_scale * (s / tau - 1)``, positive iff s > tau, so before upsampling the
-argmax is "normal" when s <= tau and otherwise the nearest defect centroid; ``gate_scale`` and T shape only the
-probabilities. The score map itself is :meth:`AnomalyDiscovery.anomaly_map` (torch); the exported graph carries
-the decision, not the score as a separate output (the runtime's outputs are clusters, labels and class scores).
+The largest normal logit is 0 and the largest defect logit is ``gate_scale * (s / tau - 1)``, so before upsampling
+the argmax is the nearest normal centroid when s <= tau and otherwise the nearest defect centroid; ``gate_scale``
+and T shape only the probabilities. The score map itself is :meth:`AnomalyDiscovery.anomaly_map` (torch); the
+exported graph carries the decision, not the score as an output (the runtime's outputs are clusters, labels and
+class scores; adding one was left out).
 
 Departures: PatchCore re-weights the image score by the neighbourhood of the nearest entry (image-level only; we
-score pixels) and uses WideResNet-50 layers 2-3; MuSc scores test images against each other at test time (we use it
-only to clean the training bank, so that inference needs one frame).
+score pixels), uses WideResNet-50 layers 2-3 and k = 1 on a k-center bank; MuSc scores test images against each
+other at test time (here it only cleans the training bank, so that inference needs one frame).
 """
 
 from __future__ import annotations
