@@ -30,8 +30,9 @@ from training.methods.baselines import NearestCentroidLogits
 SAMPLE = Path(__file__).resolve().parents[2] / "samples" / "neu-seg"
 
 
-def _brute_nearest(points: np.ndarray, bank: np.ndarray, k: int = 1) -> np.ndarray:
-    return np.array([np.mean(sorted(np.sqrt(((p - b) ** 2).sum()) for b in bank)[:k]) for p in points])
+def _brute_nearest(points: np.ndarray, bank: np.ndarray, k: int = 1, squared: bool = False) -> np.ndarray:
+    power = 1.0 if squared else 0.5
+    return np.array([np.mean(sorted(((p - b) ** 2).sum() ** power for b in bank)[:k]) for p in points])
 
 
 @pytest.mark.parametrize("k", [1, 4])
@@ -41,10 +42,14 @@ def test_nearest_distance_matches_brute_force_numpy(k):
     got = nearest_distance(torch.tensor(points, dtype=torch.float32), torch.tensor(bank, dtype=torch.float32),
                            chunk_size=10, k=k)
     np.testing.assert_allclose(got.numpy(), _brute_nearest(points, bank, k), rtol=1e-5, atol=1e-5)
-    # the graph's form (1x1 conv + ReduceMax / TopK) gives the same distances
+    squared = nearest_distance(torch.tensor(points, dtype=torch.float32), torch.tensor(bank, dtype=torch.float32),
+                               k=k, squared=True)
+    np.testing.assert_allclose(squared.numpy(), _brute_nearest(points, bank, k, squared=True), rtol=1e-5, atol=1e-4)
+    # the graph's form (1x1 conv + ReduceMax / TopK) gives the same mean squared distances
     grid = torch.tensor(points, dtype=torch.float32).T.reshape(1, 9, 37, 1)
     graph = BankDistance(torch.tensor(bank, dtype=torch.float32), k)(grid)
-    np.testing.assert_allclose(graph.flatten().numpy(), _brute_nearest(points, bank, k), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(graph.flatten().numpy(), _brute_nearest(points, bank, k, squared=True), rtol=1e-4,
+                               atol=1e-4)
 
 
 def test_cross_image_score_matches_brute_force_numpy():

@@ -22,7 +22,10 @@ Fit, on the training frames (labels unused):
    projection to ``coreset_projection`` dimensions) or at random (``coreset: random``, the presets: it keeps the
    patches' density, which is what separates defects on NEU-Seg, where defect kinds recur across frames and a
    k-center bank covers them too; §9.2). A pool smaller than ``bank_size`` is repeated cyclically.
-4. Anomaly score = mean distance to the ``k_nearest`` nearest bank entries (PatchCore: 1; presets: 30). Threshold
+4. Anomaly score = mean *squared* distance to the ``k_nearest`` nearest bank entries (PatchCore: the distance to the
+   nearest; presets: 8 nearest). Squared, because the square root's slope at 0 turns float32 rounding of the
+   cancellation ||f||^2 - 2 f.b + ||b||^2 (onnxruntime and torch sum in different orders) into probability
+   differences past the export check's 1e-4 for patches that sit on a bank entry. Threshold
    tau = the ``threshold_quantile`` quantile of the training patches' scores: the unsupervised default, a line's
    expected defect share. It is baked into the graph; calibration names clusters, it does not move tau.
 5. Clusters: PiCIE's k-means (:mod:`training.methods.picie.kmeans`) over the features of the training patches
@@ -33,7 +36,7 @@ Fit, on the training frames (labels unused):
 
 Inference graph (:class:`AnomalyInferenceNet`), all plain ops, at the feature grid then upsampled:
 
-    s = mean_k sqrt(max(0, ||f||^2 - top_k (2 f.b_m - ||b_m||^2)))   # 1x1 conv with the bank, ReduceMax / TopK
+    s = mean_k max(0, ||f||^2 - top_k (2 f.b_m - ||b_m||^2))          # 1x1 conv with the bank, ReduceMax / TopK
     n_k = (2 f.c_k - ||c_k||^2) / T,  m_j = (2 f.a_j - ||a_j||^2) / T  # defect / normal centroids (1x1 convs)
     logits = [m_j - max m, n_k - max n + gate_scale * (s / tau - 1)]   # (B, K, h, w); one normal: m = [0]
     probabilities = softmax(bilinear_upsample(logits))
@@ -98,7 +101,7 @@ class AnomalyConfig(MethodConfig):
     coreset_candidates: int = 100_000  # random pool the greedy k-center coreset picks from
     coreset_projection: int = 128  # Gaussian projection dimensions of the coreset distances; 0 = none
     threshold_quantile: float = 0.88  # anomaly threshold = this quantile of the training patches' scores
-    gate_scale: float = 10.0  # sharpness of the normal/defect logits (never changes the argmax)
+    gate_scale: float = 5.0  # sharpness of the normal/defect logits (never changes the argmax)
     temperature: float = 1.0  # of the defect nearest-centroid logits (never changes the argmax)
     seed: int | None = None  # null = global torch RNG; int = this seed alone decides the fit
     kmeans_iters: int = 50  # Lloyd iterations of the defect k-means
@@ -147,8 +150,10 @@ class AnomalyConfig(MethodConfig):
 
 
 # -- the pure pieces (tested against numpy references) ----------------------------------------------------------
-def nearest_distance(points: torch.Tensor, bank: torch.Tensor, chunk_size: int = 4096, k: int = 1) -> torch.Tensor:
-    """(N, D), (M, D) -> (N,) mean Euclidean distance of each point to its ``k`` nearest bank rows."""
+def nearest_distance(points: torch.Tensor, bank: torch.Tensor, chunk_size: int = 4096, k: int = 1,
+                     squared: bool = False) -> torch.Tensor:
+    """(N, D), (M, D) -> (N,) mean Euclidean distance (``squared``: squared distance) of each point to its ``k``
+    nearest bank rows."""
     b = bank.float()
     b_sq = (b * b).sum(dim=1)  # (M,)
     out = []
@@ -157,7 +162,8 @@ def nearest_distance(points: torch.Tensor, bank: torch.Tensor, chunk_size: int =
             x = x.float()
             d2 = (x * x).sum(dim=1, keepdim=True) - 2 * x @ b.T + b_sq  # (n, M)
             nearest = d2.amin(dim=1, keepdim=True) if k == 1 else d2.topk(k, dim=1, largest=False).values  # (n, k)
-            out.append(nearest.clamp_min(0).sqrt().mean(dim=1))
+            nearest = nearest.clamp_min(0)
+            out.append((nearest if squared else nearest.sqrt()).mean(dim=1))
     return torch.cat(out) if out else points.new_zeros(0)
 
 
@@ -235,7 +241,7 @@ class PatchFeatures(nn.Module):
 
 
 class BankDistance(nn.Module):
-    """(B, D, h, w) features -> (B, 1, h, w) mean distance to the k nearest bank entries, as a 1x1 convolution +
+    """(B, D, h, w) features -> (B, 1, h, w) mean squared distance to the k nearest bank entries, as a 1x1 convolution +
     ReduceMax (k = 1) or TopK.
 
     The convolution's weight 2 B and bias -||b||^2 are computed here, once, so that the exported graph holds them as
@@ -251,7 +257,7 @@ class BankDistance(nn.Module):
         sim = F.conv2d(feats, self.weight.to(feats.dtype), self.bias.to(feats.dtype))  # (B, M, h, w): 2 f.b - |b|^2
         top = sim.amax(dim=1, keepdim=True) if self.k == 1 else sim.topk(self.k, dim=1).values  # (B, k, h, w)
         d2 = (feats * feats).sum(dim=1, keepdim=True) - top  # (B, k, h, w) squared distances to the k nearest
-        return d2.clamp_min(0).sqrt().mean(dim=1, keepdim=True)  # (B, 1, h, w)
+        return d2.clamp_min(0).mean(dim=1, keepdim=True)  # (B, 1, h, w)
 
 
 class AnomalyInferenceNet(nn.Module):
@@ -338,7 +344,7 @@ class AnomalyDiscovery(Method):
         clean = drop_most_anomalous(flat, flat_scores, c.drop_fraction)
         self.bank.copy_(self._coreset(clean, gen).to(self.bank))
         sample = flat[torch.randperm(flat.shape[0], generator=gen)[:c.kmeans_max_points]].to(self._device)
-        scores = nearest_distance(sample, self.bank, c.chunk_size, c.k_nearest)
+        scores = nearest_distance(sample, self.bank, c.chunk_size, c.k_nearest, squared=True)
         self.threshold.fill_(max(float(torch.quantile(scores.float().cpu(), c.threshold_quantile)), 1e-6))
         k_max = max(self.eval_heads().values())
         anomalous = sample[scores > self.threshold].float()
@@ -412,7 +418,7 @@ class AnomalyDiscovery(Method):
 
     @torch.no_grad()
     def anomaly_map(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) in [0, 1] -> anomaly score (B, H, W): the nearest-bank distance, bilinearly upsampled from
+        """(B, C, H, W) in [0, 1] -> anomaly score (B, H, W): the k-nearest-bank score, bilinearly upsampled from
         the feature grid (the frames padded to the stride as at evaluation, the padding cropped)."""
         self._require_fit()
         h, w = images.shape[-2:]
@@ -435,7 +441,7 @@ class AnomalyDiscovery(Method):
         with torch.no_grad():
             feats = self.fit_features(images)
             points = feats.flatten(2).transpose(1, 2).reshape(-1, feats.shape[1])
-            scores = nearest_distance(points, self.bank, self.config.chunk_size, self.config.k_nearest)
+            scores = nearest_distance(points, self.bank, self.config.chunk_size, self.config.k_nearest, squared=True)
         return {"loss": scores.mean().requires_grad_()}  # a leaf: backward changes nothing
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
