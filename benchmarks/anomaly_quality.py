@@ -109,13 +109,14 @@ def run_dataset(name: str, root: Path, cache: Path, fit_images: int, eval_limit:
         fit_ids = sorted(fit_ids[i] for i in keep.tolist())
     eval_ids = eval_subset(split_ids(dataset.split_file, dataset.eval_split), eval_limit)
     fit_spec = {"kind": "mask_folder", "root": str(folder), "ids": fit_ids, "channels": channels, "masks_dir": None}
-    eval_loader = image_loader(labelled_spec(folder, eval_ids, channels, dataset.class_names))
+    # one frame a batch: CrackForest mixes 320x480 and 480x320 frames
+    eval_loader = image_loader(labelled_spec(folder, eval_ids, channels, dataset.class_names), batch_size=1)
     out: dict[str, Any] = {"fit_images": len(fit_ids), "eval_images": len(eval_ids), "variants": {}}
     for variant, overrides in VARIANTS.items():
         config = {**preset["method_config"], "seed": seed, **overrides}
         method = build_method("anomaly", config)
         start = time.perf_counter()
-        fit_log = method.fit_centroids(image_loader(fit_spec))
+        fit_log = method.fit_centroids(image_loader(fit_spec, batch_size=1))
         fit_s = time.perf_counter() - start
         scores, positive = score_maps(method, eval_loader)
         threshold = float(method.threshold)
@@ -174,16 +175,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     torch.set_num_threads(1)
     root = data_root(args.data_root)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    previous = out / "anomaly_quality.json"
     results: dict[str, Any] = {"seed": args.seed, "datasets": {}}
+    if previous.is_file():  # datasets not re-run keep their results (written after each dataset)
+        old = json.loads(previous.read_text(encoding="utf-8"))
+        if old.get("seed") == args.seed:
+            results = old
     for name in args.datasets:
         limit = (args.eval_limit or None) if name == "neu" else None
         speed_runs = args.speed_runs if name == "neu" else 0
         results["datasets"][name] = run_dataset(name, root, Path(args.cache), args.fit_images, limit, args.seed,
                                                 speed_runs)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(out / "anomaly_quality.json", json.dumps(results, indent=2) + "\n")
-    write_text_atomic(out / "anomaly_quality.md", markdown(results))
+        write_text_atomic(previous, json.dumps(results, indent=2) + "\n")
+        write_text_atomic(out / "anomaly_quality.md", markdown(results))
     print(markdown(results))
     return 0
 
