@@ -433,6 +433,8 @@ class AnomalyDiscovery(Method):
             return
         if ctx.train_loader is None:
             raise TrainingError(f"{self.name} fits its memory bank over ctx.train_loader, which is None")
+        if ctx.distributed:  # each rank would fit its own bank on its shard: no reduction is implemented
+            raise TrainingError(f"{self.name} fits in one process; run it without DDP (it has no gradient steps)")
         ctx.log(self.fit_centroids(ctx.train_loader, ctx))
 
     def training_step(self, batch: dict[str, torch.Tensor], ctx: FitContext) -> dict[str, Any]:
