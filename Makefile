@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# DEMO_METHOD=iic|ac|infoseg|picie|stego DEMO_STEPS=280 DEMO_CAP_S=900 DEMO_OUT=demo_out ... (environment or make arguments;
+# DEMO_METHOD=iic|ac|infoseg|picie|stego|anomaly DEMO_STEPS=280 DEMO_CAP_S=900 DEMO_OUT=demo_out ... (environment or make arguments;
 # all in demo/settings.py)
 demo: $(STAMP)
 	$(PY) demo/run.py

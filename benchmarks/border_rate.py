@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(result, indent=2))
     if args.out:
         r = result["rates"]
-        md = (f"# Defect share along the frame border ({len(ids)} NEU-Seg {args.split} frames, outer {args.ring} px)\n\n"
+        md = (f"# Defect share along the frame border ({len(ids)} NEU-Seg {args.split} frames, "
+              f"outer {args.ring} px)\n\n"
               f"Model: `{args.model}`.\n\n| | border | interior | border / interior |\n|---|---|---|---|\n"
               f"| prediction | {r['pred_ring']:.4f} | {r['pred_interior']:.4f} | {r['pred_ratio']:.2f} |\n"
               f"| ground truth | {r['gt_ring']:.4f} | {r['gt_interior']:.4f} | {r['gt_ratio']:.2f} |\n")

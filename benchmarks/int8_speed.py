@@ -37,8 +37,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from export.onnx_export import PROBS_NAME  # noqa: E402
 from export.frames import SAMPLE_DIR  # noqa: E402
+from export.onnx_export import PROBS_NAME  # noqa: E402
 from export.pipeline import ExportOptions, export_checkpoint, export_method  # noqa: E402
 from export.quantize import Int8Options, quantize_int8  # noqa: E402
 from export.verify import Thresholds, fit_frame, load_frames, verify_model, with_probs_output  # noqa: E402

@@ -1,6 +1,6 @@
 """What the demo runs, from environment variables (``make demo`` passes them through).
 
-    DEMO_METHOD    iic | ac | infoseg | picie | stego (default: DEFAULT_METHOD)
+    DEMO_METHOD    iic | ac | infoseg | picie | stego | anomaly (default: DEFAULT_METHOD)
     DEMO_PRESET    a preset name or YAML path      (default: METHODS[method].preset)
     DEMO_HEAD      main | over                      (default: METHODS[method].head)
     DEMO_STEPS     optimiser steps: the demo's work (default: METHODS[method].steps; 0: the cap alone)
@@ -48,6 +48,8 @@ METHODS: dict[str, MethodChoice] = {
     "infoseg": MethodChoice(preset="infoseg_scratch_cpu", head="main", steps=320),
     "picie": MethodChoice(preset="picie_scratch_cpu", head="main", steps=160),
     "stego": MethodChoice(preset="stego_cpu", head="main", steps=600),
+    # no gradient steps: the memory bank is fitted at the first epoch start; 4 steps = one epoch of the sample
+    "anomaly": MethodChoice(preset="anomaly_cpu", head="main", steps=4),
 }
 DEFAULT_METHOD = "iic"
 HEADS = ("main", "over")

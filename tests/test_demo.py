@@ -177,6 +177,15 @@ def test_bad_settings_exit_2_with_a_clear_message(tmp_path, env, needle):
     assert not (tmp_path / "run").exists()  # nothing trained
 
 
+def test_the_anomaly_method_runs_through_the_demo(tmp_path):
+    """DEMO_METHOD=anomaly: the bank is fitted at the first epoch start, its steps change nothing; export verifies."""
+    settings = DemoSettings.from_env({"DEMO_METHOD": "anomaly", "DEMO_OUT": str(tmp_path)})
+    report = run_demo(settings, progress=False)
+    assert report["training"]["steps"] == METHODS["anomaly"].steps and report["training"]["preset"] == "anomaly_cpu"
+    assert json.loads((tmp_path / "model" / "verify.json").read_text())["passed"]
+    assert 0 < report["metrics"]["miou"] <= 1
+
+
 @pytest.mark.slow
 def test_full_demo_beats_the_kmeans_baseline(tmp_path):
     """The default demo, all its steps (the default cap): above the k-means baseline on mIoU and defect IoU."""

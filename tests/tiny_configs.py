@@ -17,6 +17,8 @@ TINY: dict[str, dict] = {
     "random_cnn": {**_KMEANS, "feature_dim": 16},
     "stego": {"code_dim": 8, "feature_samples": 4, "neg_samples": 2, "bank_points": 32, "kmeans_iters": 5,
               "over_clusters": 6, "backbone": {"taps": [1, 2]}},
+    "anomaly": {"over_clusters": 6, "over_normal_clusters": 2, "bank_size": 64, "coreset_candidates": 2000,
+                "kmeans_iters": 5, "seed": 0},
 }
 
 # Every method on the pretrained Lite0 trunk, small heads (method_config.backbone; the trunk itself is fixed).
@@ -30,4 +32,5 @@ BACKBONE_TINY: dict[str, dict] = {
     "kmeans": {**_KMEANS, "over_clusters": 12, "seed": 0, "backbone": {}},
     "stego": {"code_dim": 8, "feature_samples": 4, "neg_samples": 2, "bank_points": 32, "kmeans_iters": 5,
               "over_clusters": 6, "jitter_brightness": 0.2, "jitter_contrast": 0.2, "backbone": {"taps": [1, 2]}},
+    "anomaly": {**TINY["anomaly"], "backbone": {"taps": [2, 4]}},
 }

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from training.config import load_preset, preset_path
 
-BASELINES = ("kmeans", "random_cnn", "kmeans_lite", "kmeans_lite_random")
-DEFAULT_ROWS = ("iic", "picie", "infoseg", "ac", "stego", "kmeans_lite", "kmeans_lite_random", "iic_scratch",
-                "picie_scratch", "infoseg_scratch", "ac_scratch", "kmeans", "random_cnn")
+BASELINES = ("kmeans", "random_cnn", "kmeans_lite", "kmeans_lite_random", "anomaly")
+DEFAULT_ROWS = ("iic", "picie", "infoseg", "ac", "stego", "anomaly", "kmeans_lite", "kmeans_lite_random",
+                "iic_scratch", "picie_scratch", "infoseg_scratch", "ac_scratch", "kmeans", "random_cnn")
 
 # The budget of a method row: optimiser steps, a fixed amount of work, so that a score does not depend on how busy
 # the machine was (issue 11). Each is sized to about 600 s of 1-thread CPU training on this 2-core machine when it

@@ -1,4 +1,5 @@
-"""AC presets: the docs/METHODS.md §3.7 rows resolve and hold the table's values; ac_scratch_cpu trains a step on the sample."""
+"""AC presets: the docs/METHODS.md §3.7 rows resolve and hold the table's values; ac_scratch_cpu trains a step on
+the sample."""
 
 from __future__ import annotations
 

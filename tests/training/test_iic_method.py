@@ -172,7 +172,8 @@ def test_bad_config_and_batches_raise_clear_errors():
         method.training_step({"image": torch.rand(2, 1, 8, 20)}, _ctx())
 
 
-@pytest.mark.parametrize("name", ["iic_cocostuff3", "iic_cocostuff15", "iic_potsdam3", "iic_potsdam6", "iic_scratch_cpu"])
+@pytest.mark.parametrize("name", ["iic_cocostuff3", "iic_cocostuff15", "iic_potsdam3", "iic_potsdam6",
+                                  "iic_scratch_cpu"])
 def test_presets_build_and_match_their_paper_rows(name):
     import yaml
 

@@ -37,9 +37,9 @@ def test_an_empty_registry_says_so():
 
 
 def test_method_registry_errors_list_the_valid_names():
-    assert {"ac", "iic", "infoseg", "kmeans", "picie", "random_cnn"} <= set(available_methods())
+    assert {"ac", "anomaly", "iic", "infoseg", "kmeans", "picie", "random_cnn"} <= set(available_methods())
     assert get_method_class("iic") is IIC and IIC.name == "iic"
-    with pytest.raises(UnknownMethodError, match="unknown method 'iic2'; valid names: ac, iic, infoseg"):
+    with pytest.raises(UnknownMethodError, match="unknown method 'iic2'; valid names: ac, anomaly, iic, infoseg"):
         build_method("iic2")
     with pytest.raises(ValueError, match="method 'iic' is already registered by IIC"):
         register_method("iic")(type("NotIIC", (Method,), {}))

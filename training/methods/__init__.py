@@ -1,6 +1,6 @@
 """Training methods. Each module registers itself with ``@register_method``; import them all here."""
 
-from training.methods import ac, baselines, iic, infoseg, picie, stego  # noqa: F401  (each registers its method)
+from training.methods import ac, anomaly, baselines, iic, infoseg, picie, stego  # noqa: F401  (each registers its method)
 from training.methods.base import (
     FitContext,
     Method,
