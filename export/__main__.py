@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from export.calibrate import MODES, CalibrationOptions, print_calibration
@@ -31,7 +32,7 @@ from export.onnx_export import EXPORTERS, OPSET
 from export.pipeline import FORMATS, PRECISIONS, EngineOptions, ExportOptions, ExportResult, export_checkpoint
 from export.quantize import CALIBRATION_METHODS, Int8Options
 from export.tensorrt import FP16_MODES
-from export.verify import DEFAULT_THRESHOLDS, Thresholds
+from export.verify import DEFAULT_THRESHOLDS
 from training.checkpoint import describe_checkpoint, find_checkpoint
 from training.errors import TrainingError
 from usseg_sdk.config import parse_size
@@ -151,11 +152,9 @@ def options_from_args(args: argparse.Namespace) -> ExportOptions:
                                  labels_file=args.labels_file,
                                  background=None if args.background < 0 else args.background,
                                  mask_threshold=args.mask_threshold, manual_map=args.manual_map)
-    base = DEFAULT_THRESHOLDS[args.precision]
-    thresholds = Thresholds(
-        max_abs_diff=args.max_abs_diff if args.max_abs_diff is not None else base.max_abs_diff,
-        min_agreement=args.min_agreement if args.min_agreement is not None else base.min_agreement,
-        max_miou_drop=args.max_miou_drop if args.max_miou_drop is not None else base.max_miou_drop)
+    given = {"max_abs_diff": args.max_abs_diff, "min_agreement": args.min_agreement,
+             "max_miou_drop": args.max_miou_drop}
+    thresholds = replace(DEFAULT_THRESHOLDS[args.precision], **{k: v for k, v in given.items() if v is not None})
     layers = tuple(x.strip() for x in args.int8_float_layers.split(",") if x.strip() and x.strip() != "none")
     return ExportOptions(
         out=args.out or _default_out(args.source), formats=tuple(dict.fromkeys(args.format)),

@@ -183,3 +183,15 @@ def test_progress_lines_without_a_terminal(tiny, frames, tmp_path, capsys):
                                       int8_count=2, verify_images=frames, verify_count=2, progress=True))
     out = capsys.readouterr().out
     assert "int8 calibration: 2/2 frames in" in out and "verification: 2/2 frames in" in out
+
+
+def test_the_cli_keeps_the_int8_rule_that_accepts_a_lower_agreement_at_an_unchanged_miou():
+    """`python -m export --precision int8` rebuilt its thresholds field by field and dropped
+    max_miou_drop_instead, so a trained trunk model at agreement 0.943 and an mIoU drop of 0.006 failed."""
+    from export.__main__ import build_parser, options_from_args
+    from export.verify import DEFAULT_THRESHOLDS
+
+    options = options_from_args(build_parser().parse_args(["run", "--precision", "int8"]))
+    assert options.thresholds == DEFAULT_THRESHOLDS["int8"] and options.thresholds.max_miou_drop_instead == 0.01
+    stricter = options_from_args(build_parser().parse_args(["run", "--precision", "int8", "--min-agreement", "0.99"]))
+    assert stricter.thresholds.min_agreement == 0.99 and stricter.thresholds.max_miou_drop_instead == 0.01
