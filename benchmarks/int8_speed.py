@@ -42,6 +42,7 @@ from export.onnx_export import PROBS_NAME  # noqa: E402
 from export.pipeline import ExportOptions, export_checkpoint, export_method  # noqa: E402
 from export.quantize import Int8Options, quantize_int8  # noqa: E402
 from export.verify import Thresholds, fit_frame, load_frames, verify_model, with_probs_output  # noqa: E402
+from usseg_sdk.atomic import write_text_atomic  # noqa: E402
 from usseg_sdk.config import SegmenterConfig, parse_size  # noqa: E402
 from usseg_sdk.segmenter import Segmenter  # noqa: E402
 
@@ -67,7 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-images", type=Path, default=SAMPLE_DIR / "images")
     p.add_argument("--eval-masks", type=Path, default=SAMPLE_DIR / "masks")
     p.add_argument("--eval-count", type=int, default=40)
-    p.add_argument("--write", action="store_true", help="write benchmarks/results/int8_speed.{json,md}")
+    p.add_argument("--write", action="store_true", help="write benchmarks/results/<--name>.{json,md}")
+    p.add_argument("--name", default="int8_speed", help="file stem of --write (default int8_speed)")
     return p.parse_args(argv)
 
 
@@ -84,6 +86,7 @@ def float_model(args: argparse.Namespace, folder: Path) -> tuple[Path, str]:
 
     overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
     method = build_method(args.method, overrides)
+    method.prepare_backbones()  # a pretrained trunk's weights (the rest stays untrained)
     return export_method(method, options).out / "model.onnx", f"untrained {args.method} {overrides}"
 
 
@@ -222,9 +225,10 @@ def main(argv: list[str] | None = None) -> int:
               "speed": speed, "accuracy": accuracy}
     if args.write:
         RESULTS.mkdir(parents=True, exist_ok=True)
-        (RESULTS / "int8_speed.json").write_text(json.dumps(result, indent=2) + "\n")
-        (RESULTS / "int8_speed.md").write_text(markdown(result))
-        print(f"-> {RESULTS / 'int8_speed.json'}, {RESULTS / 'int8_speed.md'}")
+        stem = RESULTS / args.name
+        write_text_atomic(stem.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
+        write_text_atomic(stem.with_suffix(".md"), markdown(result))
+        print(f"-> {stem.with_suffix('.json')}, {stem.with_suffix('.md')}")
     else:
         print(markdown(result))
     return 0

@@ -221,7 +221,8 @@ def run_baseline(row: str, seed: int, settings: Settings, *, overrides: dict[str
     fit_spec = {"kind": "mask_folder", "root": str(root), "ids": fit_ids, "channels": channels,
                 "masks_dir": None}
     start = time.perf_counter()
-    kmeans_loss = method.fit_centroids(image_loader(fit_spec))
+    # one frame a batch: a dataset may mix frame sizes (CrackForest holds 320x480 and 480x320 frames)
+    kmeans_loss = method.fit_centroids(image_loader(fit_spec, batch_size=1))
     seconds = time.perf_counter() - start
     loaders, frames = scoring_loaders(settings, channels)
     scores = score_method(method, loaders, settings.device, settings.benchmark.class_names,
