@@ -75,6 +75,15 @@ def test_a_split_reads_the_presets_own_dataset_spec():
         resolve_run_config(load_preset("iic_cocostuff3"), data="/coco", split="train")
 
 
+@pytest.mark.parametrize("name", [n for n in available_presets() if n.endswith("_neu")])
+def test_every_neu_preset_reads_the_neu_split_file_when_a_split_is_asked_for(name):
+    """`fit --preset anomaly_neu --data ../shared/data/neu-seg --split train` (README) looked for neu-seg/splits.json:
+    the baseline presets did not name the split file the method presets name."""
+    run = resolve_run_config(load_preset(name), data="/neu", split="train")
+    assert run.train_data.spec["split_file"] == "benchmarks/splits/neu_seg.json"
+    assert run.train_data.spec["split"] == "train"
+
+
 def _toy_preset(tmp_path, eval_spec):
     path = tmp_path / "toy.yaml"
     path.write_text(yaml.safe_dump({
