@@ -48,8 +48,8 @@ METHODS: dict[str, MethodChoice] = {
     "infoseg": MethodChoice(preset="infoseg_scratch_cpu", head="main", steps=320),
     "picie": MethodChoice(preset="picie_scratch_cpu", head="main", steps=160),
     "stego": MethodChoice(preset="stego_cpu", head="main", steps=600),
-    # no gradient steps: the memory bank is fitted at the first epoch start; 4 steps = one epoch of the sample
-    "anomaly": MethodChoice(preset="anomaly_cpu", head="main", steps=4),
+    # no gradient steps: the memory bank is fitted at the first epoch start, and the engine stops after one step
+    "anomaly": MethodChoice(preset="anomaly_cpu", head="main", steps=1),
 }
 DEFAULT_METHOD = "iic"
 HEADS = ("main", "over")

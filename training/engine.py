@@ -75,7 +75,7 @@ class FitResult:
     run_dir: Path
     step: int
     epoch: int
-    stopped: str  # completed | max_steps | time_budget | interrupted
+    stopped: str  # completed | max_steps | fitted | time_budget | interrupted
     elapsed_s: float  # training wall-clock (evaluation and checkpoint writing excluded)
     best_miou: float | None = None  # main-head mIoU of the evaluation that chose checkpoints/best
     best_step: int | None = None
@@ -229,7 +229,8 @@ class _Trainer:
             begin = getattr(self.progress, "begin", None)
             if begin is not None:
                 budget = self.cfg.time_budget_s
-                begin(self.data.total_steps, self.loop.step, None if budget is None else budget - self.clock.elapsed())
+                total = 1 if self.method.gradient_free else self.data.total_steps
+                begin(total, self.loop.step, None if budget is None else budget - self.clock.elapsed())
             stopped = self._stop_reason(time_up=False, interrupt=False)
             while stopped is None and self.loop.epoch < self.cfg.epochs:
                 stopped = self._run_epoch()
@@ -348,6 +349,8 @@ class _Trainer:
         return self._stop_reason(time_up=time_up or budget_spent, interrupt=interrupt or self._interrupted_inside)
 
     def _stop_reason(self, *, time_up: bool, interrupt: bool) -> str | None:
+        if self.method.gradient_free and self.loop.step >= 1:
+            return "fitted"  # nothing left to learn: more steps would only repeat the monitoring score
         if self.cfg.max_steps is not None and self.loop.step >= self.cfg.max_steps:
             return "max_steps"
         if time_up:

@@ -155,6 +155,23 @@ def test_engine_hooks_fit_once_and_steps_change_nothing():
     assert torch.equal(method.centroids, centroids)
 
 
+def test_fit_stops_after_the_fit_instead_of_running_epochs_of_no_op_steps(tmp_path, capsys):
+    """`fit --preset anomaly_neu` ran 2,010 steps (35 min) that changed nothing: a gradient-free method stops at step 1."""
+    import cv2
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        cv2.imwrite(str(frames / f"f{i}.png"), rng.integers(0, 256, (32, 40), dtype=np.uint8))
+    code = training_main(["fit", "--no-progress", "--preset", "kmeans_neu", "--data", str(frames), "--out",
+                          str(tmp_path / "run"), "--set", "train.epochs=5", "--set", "train.batch_size=2",
+                          "--set", "method_config.n_clusters=2", "--set", "method_config.over_clusters=0"])
+    assert code == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith("fitted: step 1, epoch 0")
+    assert (tmp_path / "run" / "checkpoints" / "last").exists()
+
+
 def test_fit_without_loader_length_streams():
     method = build_method("kmeans", {"n_clusters": 2, "seed": 0, "kmeans_init_batches": 2})
     method.fit_centroids(small_images(i, n=1, size=16) for i in range(5))  # a generator: no len()

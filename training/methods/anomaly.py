@@ -293,6 +293,7 @@ class AnomalyDiscovery(Method):
     """Memory-bank anomaly score, a threshold, and k-means over the anomalous patches (module docstring)."""
 
     config_class = AnomalyConfig
+    gradient_free = True  # fitted at the first epoch start; the engine stops after one step
     config: AnomalyConfig
 
     def __init__(self, config: AnomalyConfig):

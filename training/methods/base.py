@@ -85,6 +85,9 @@ class Method(nn.Module):
 
     name: ClassVar[str] = ""
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    # True for a method fitted whole in ``on_epoch_start`` with no optimiser steps (the k-means baselines, anomaly):
+    # the engine stops it after its first step (a monitoring score) instead of running ``train.epochs`` of no-ops.
+    gradient_free: ClassVar[bool] = False
 
     def __init__(self, config: MethodConfig):
         super().__init__()

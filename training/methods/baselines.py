@@ -223,6 +223,7 @@ class KMeansBaseline(Method):
     """Per-pixel k-means on normalised channel values (or a patch / local-statistics variant)."""
 
     config_class = KMeansBaselineConfig
+    gradient_free = True  # fitted at the first epoch start; the engine stops after one step
     config: KMeansBaselineConfig
 
     def __init__(self, config: KMeansBaselineConfig):
