@@ -156,7 +156,7 @@ def test_engine_hooks_fit_once_and_steps_change_nothing():
 
 
 def test_fit_stops_after_the_fit_instead_of_running_epochs_of_no_op_steps(tmp_path, capsys):
-    """`fit --preset anomaly_neu` ran 2,010 steps (35 min) that changed nothing: a gradient-free method stops at step 1."""
+    """`fit --preset anomaly_neu` ran 2,010 no-op steps (35 min): a gradient-free method stops at step 1."""
     import cv2
 
     frames = tmp_path / "frames"
