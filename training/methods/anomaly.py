@@ -447,9 +447,6 @@ class AnomalyDiscovery(Method):
             scores = nearest_distance(points, self.bank, self.config.chunk_size, self.config.k_nearest, squared=True)
         return {"loss": scores.mean().requires_grad_()}  # a leaf: backward changes nothing
 
-    def configure_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD([{"params": []}], lr=0.0)  # nothing to train
-
     def extra_state(self) -> dict[str, Any]:
         return {"fit_log": dict(self._fit_log)}
 

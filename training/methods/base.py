@@ -99,6 +99,8 @@ class Method(nn.Module):
         raise NotImplementedError
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
+        if self.gradient_free:
+            return torch.optim.SGD([{"params": []}], lr=0.0)  # nothing to train; the engine still checkpoints it
         return torch.optim.Adam(self.param_groups(), lr=self.config.lr, weight_decay=self.config.weight_decay)
 
     def param_groups(self, params: Iterable[nn.Parameter] | None = None) -> list[dict[str, Any]]:

@@ -334,9 +334,6 @@ class KMeansBaseline(Method):
             _, dists = assign(points, self.centroids, self.config.kmeans_chunk_size)
         return {"loss": dists.mean().requires_grad_()}  # a leaf: backward changes nothing
 
-    def configure_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD([{"params": []}], lr=0.0)  # nothing to train
-
     def extra_state(self) -> dict[str, Any]:
         return {"kmeans_losses": dict(self._kmeans_losses)}
 
