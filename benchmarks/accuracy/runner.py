@@ -14,6 +14,7 @@ import platform
 import shutil
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -133,17 +134,25 @@ def close_epoch(method: Any, config: dict[str, Any], state: dict[str, Any]) -> f
     return time.perf_counter() - start
 
 
-def score_checkpoint(run_dir: Path, which: str, config: dict[str, Any], loaders: dict[str, DataLoader],
-                     settings: Settings, frames: DataLoader | None) -> dict[str, Any]:
-    """Load ``checkpoints/<which>``, close its epoch if needed, score it on eval (and calibration for mapping)."""
+def load_checkpoint(run_dir: Path, which: str, config: dict[str, Any], settings: Settings
+                    ) -> tuple[Any, Any, float]:
+    """The method of ``checkpoints/<which>`` as the benchmark scores it: loaded, its epoch closed if the checkpoint
+    was taken inside one. Returns the method, its checkpoint info and the seconds the closing took."""
     found = ckpt_io.checkpoint_dir(run_dir, which)
     if found is None:
         raise TrainingError(f"{run_dir}: no checkpoints/{which}")
-    device = settings.device
-    method, info = ckpt_io.load_method(found, device=device)
+    method, info = ckpt_io.load_method(found, device=settings.device)
     state = ckpt_io.open_checkpoint(found).state
     torch.manual_seed(int(config["train"]["seed"]) + 7919)  # the epoch-closing pass draws from the global RNG
     extra_s = close_epoch(method, config, state)
+    return method, info, extra_s
+
+
+def score_checkpoint(run_dir: Path, which: str, config: dict[str, Any], loaders: dict[str, DataLoader],
+                     settings: Settings, frames: DataLoader | None) -> dict[str, Any]:
+    """Load ``checkpoints/<which>``, close its epoch if needed, score it on eval (and calibration for mapping)."""
+    method, info, extra_s = load_checkpoint(run_dir, which, config, settings)
+    device = settings.device
     entry = {"checkpoint": which, "step": info.step, "epoch": info.epoch, "mid_epoch_closed_s": round(extra_s, 2),
              "calibration_miou_at_save": (info.metrics.get("eval") or {}).get("miou"),
              **score_method(method, loaders, device, settings.benchmark.class_names, settings.benchmark.background)}
@@ -204,9 +213,23 @@ def read_curves(path: Path, class_names: Sequence[str]) -> list[dict[str, Any]]:
 
 
 # -- baselines --------------------------------------------------------------------------------------------------
-def run_baseline(row: str, seed: int, settings: Settings, *, overrides: dict[str, Any] | None = None
-                 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Fit a k-means / random-CNN baseline on train images (labels unused) and score it like the methods."""
+@dataclass(frozen=True)
+class BaselineFit:
+    """A baseline fitted as the benchmark fits it (:func:`fit_baseline`)."""
+
+    method: Any
+    preset: dict[str, Any]
+    channels: int
+    fit_ids: list[str]
+    seconds: float
+    kmeans_loss: Any
+
+
+def fit_baseline(row: str, seed: int, settings: Settings, *, overrides: dict[str, Any] | None = None
+                 ) -> BaselineFit:
+    """Build a k-means / random-CNN / anomaly baseline with ``seed`` and fit it on the train images (labels unused;
+    a ``seed``-drawn sample of ``settings.baseline_fit_images`` when there are more): deterministic, so a row's
+    baseline can be fitted again exactly (``benchmarks/failure_frames.py``)."""
     preset = load_preset(row_preset(row))
     tuned = {k.removeprefix("method_config."): v for k, v in (overrides or {}).items()
              if k.startswith("method_config.")}
@@ -223,8 +246,16 @@ def run_baseline(row: str, seed: int, settings: Settings, *, overrides: dict[str
     start = time.perf_counter()
     # one frame a batch: a dataset may mix frame sizes (CrackForest holds 320x480 and 480x320 frames)
     kmeans_loss = method.fit_centroids(image_loader(fit_spec, batch_size=1))
-    seconds = time.perf_counter() - start
-    loaders, frames = scoring_loaders(settings, channels)
+    return BaselineFit(method, preset, channels, fit_ids, time.perf_counter() - start, kmeans_loss)
+
+
+def run_baseline(row: str, seed: int, settings: Settings, *, overrides: dict[str, Any] | None = None
+                 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Fit a k-means / random-CNN baseline on train images (labels unused) and score it like the methods."""
+    fitted = fit_baseline(row, seed, settings, overrides=overrides)
+    method, preset, fit_ids, seconds, kmeans_loss = (fitted.method, fitted.preset, fitted.fit_ids, fitted.seconds,
+                                                     fitted.kmeans_loss)
+    loaders, frames = scoring_loaders(settings, fitted.channels)
     scores = score_method(method, loaders, settings.device, settings.benchmark.class_names,
                           settings.benchmark.background)
     final = {"checkpoint": "final", "step": 0, "epoch": 0, **scores}

@@ -96,16 +96,25 @@ def score_method(method: Any, loaders: dict[str, DataLoader], device: str, class
 @torch.no_grad()
 def predict_frames(method: Any, frames: DataLoader, heads: dict[str, dict[str, Any]], device: str
                    ) -> dict[str, np.ndarray]:
-    """Protocol (a) and (b) class maps (uint8 (N, H, W)) of the overlay frames."""
+    """Class maps (uint8 (N, H, W)) of the overlay frames (all of one size) under every protocol that applies."""
+    images = torch.cat([b["image"] for b in frames]).to(device)  # (N, C, H, W)
+    return class_maps(method, images, heads)
+
+
+@torch.no_grad()
+def class_maps(method: Any, images: torch.Tensor, heads: dict[str, dict[str, Any]],
+               names: Sequence[str] = ("a", "b", "c")) -> dict[str, np.ndarray]:
+    """Protocol -> class map (uint8 (N, H, W)) of ``images`` (N, C, H, W) on the method's device: the argmax of the
+    protocol's head mapped by the mapping ``heads`` (a run's scored heads) holds for it (``MAPPING_SOURCE``).
+    Protocols in ``names`` that do not apply (``protocols`` gives None) are left out. ``method`` in eval mode."""
     from training.evaluation import pad_to_multiple
 
     stride = int(method.input_spec().stride)
-    images = torch.cat([b["image"] for b in frames]).to(device)  # (N, C, H, W)
     h, w = images.shape[-2:]
     out = {}
     plan = protocols(heads)
     for name, proto in plan.items():
-        if proto is None:
+        if proto is None or name not in names:
             continue
         entry = heads[proto["head"]]
         mapping = np.asarray(entry[MAPPING_SOURCE[name]]["mapping"], dtype=np.uint8)

@@ -62,6 +62,7 @@ def test_row_summary_counts_missed_false_alarms_and_sorts_the_worst():
     assert s["frames"] == 10 and s["frames_with_defects"] == 8
     assert s["missed"] == 5  # b, c, f, i, j (0.1 itself is not missed)
     assert s["false_alarm_frames"] == 2  # b and e (e has no defect in the truth)
+    assert s["median_false_alarm_share"] == 0.0 and s["frames_without_predicted_defects"] == 0
     assert s["median_defect_iou"] == pytest.approx((0.05 + 0.09999) / 2)  # of 0, 0, 0, 0.05, 0.09999, 0.1, ...
     # ties: the larger truth first (i), then by id; e has no truth defects
     assert [w["id"] for w in s["worst"]] == ["i", "c", "j", "b", "f"]
@@ -146,6 +147,7 @@ def test_row_settings_rebuild_the_run_settings():
 
 def test_report_only_writes_the_table_and_the_notes(tmp_path):
     frames = {"001": frame(0.0, truth_px=40), "002": frame(0.4, false_alarm=0.03)}
+    frames["001"]["pred_defect_px"] = 0
     row = {"summary": ff.row_summary(frames), "frames": frames, "seconds": {"total": 12.3},
            "pooled": {"defect_iou": 0.2, "json_defect_iou": 0.2, "confusion_equals_json": True}}
     report = {"title": "CrackForest", "seed": 1, "command": "python -m benchmarks.failure_frames ...", "frames": 2,
@@ -154,7 +156,7 @@ def test_report_only_writes_the_table_and_the_notes(tmp_path):
     argv = ["--dataset", "crackforest", "--out", str(tmp_path), "--report-only", "--notes", "Cracks missed."]
     assert ff.main(argv) == 0
     md = (tmp_path / "failure_frames_crackforest.md").read_text()
-    assert "| kmeans | 2 | 2 | 0.200 | 1 | 1 | 0.200 | 0.200 | yes | 12 |" in md
+    assert "| kmeans | 2 | 2 | 0.200 | 1 | 1 | 1.50% | 1 | 0.200 | 0.200 | yes | 12 |" in md
     assert "- kmeans: 001: 0.000, 002: 0.400" in md and "Frames every row misses (1): 001." in md
     assert md.rstrip().endswith("Cracks missed.")
     assert json.loads((tmp_path / "failure_frames_crackforest.json").read_text())["notes"] == "Cracks missed."
