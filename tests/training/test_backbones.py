@@ -151,14 +151,20 @@ def test_standardised_features_take_their_statistics_from_training_and_then_stay
     assert torch.equal(copy.eval()(feats[0]), std.eval()(feats[0]))
 
 
-def test_a_standardised_trunk_trains_a_step_and_its_statistics_move():
-    method = _method("iic", standardise=True)
+@pytest.mark.parametrize("train", ["frozen", "finetune"])
+def test_a_standardised_trunk_trains_a_step_and_its_statistics_move(train):
+    """A fine-tuned trunk's backward needs the statistics its forwards used: IIC's two forwards a step updated them
+    in place in between ("modified by an inplace operation" at the first backward)."""
+    method = _method("iic", train, standardise=True)
     method.on_fit_start(FitContext(device=torch.device("cpu")))
     method.train()
     batch = next(iter(_loader()))
-    method.training_step(batch, FitContext(device=torch.device("cpu")))
+    out = method.training_step(batch, FitContext(device=torch.device("cpu")))
+    out["loss"].backward()
     (standardiser,) = [b.standardiser for b in method.backbones()]
-    assert int(standardiser.batches) >= 1 and float(standardiser.inv_std.min()) != 1.0
+    assert int(standardiser.batches) >= 2 and float(standardiser.inv_std.min()) != 1.0
+    trunk_grads = [p.grad for p in method.backbones()[0].trunk.parameters() if p.requires_grad]
+    assert (len(trunk_grads) > 0) == (train == "finetune") and all(g is not None for g in trunk_grads)
 
 
 def test_iic_loss_on_the_feature_grid_trains_and_needs_a_backbone():

@@ -167,9 +167,13 @@ class FeatureStandardiser(nn.Module):
         self.register_buffer("inv_std", torch.ones(channels))
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        mean, inv_std = self.mean, self.inv_std
         if self.training and int(self.batches) < STANDARDISE_BATCHES:
             self._accumulate(feats.detach())
-        return (feats - self.mean.to(feats.dtype)[:, None, None]) * self.inv_std.to(feats.dtype)[:, None, None]
+            # copies: the next forward of the same step updates the buffers in place, and a fine-tuned trunk's
+            # backward needs the values this forward used
+            mean, inv_std = mean.clone(), inv_std.clone()
+        return (feats - mean.to(feats.dtype)[:, None, None]) * inv_std.to(feats.dtype)[:, None, None]
 
     @torch.no_grad()
     def _accumulate(self, feats: torch.Tensor) -> None:
