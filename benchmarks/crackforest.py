@@ -78,9 +78,15 @@ def mask_folder(root: str | Path, cache: str | Path) -> Path:
     try:
         _convert(source, tmp)
         tmp.chmod(0o755)  # mkdtemp makes it private
+        if (target / DONE_MARKER).is_file():  # another run converted it meanwhile (and may be reading it)
+            return target
         if target.exists():  # left by an older, interrupted layout: replace it
             shutil.rmtree(target)
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another run's view landed between the check and the rename
+            if not (target / DONE_MARKER).is_file():
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

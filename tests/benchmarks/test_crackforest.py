@@ -73,6 +73,27 @@ def test_conversion_is_reused_and_an_interrupted_one_leaves_nothing(tmp_path, mo
     assert crackforest.mask_folder(tmp_path / "crackforest", cache) == folder  # the dataset folder itself works too
 
 
+def test_two_runs_converting_at_once_share_one_view(tmp_path, monkeypatch):
+    """Two benchmark processes started together both convert; the one that finishes second keeps the first's view
+    (the second rename used to fail with 'Directory not empty' and end that run)."""
+    fake_crackforest(tmp_path)
+    cache = tmp_path / "cache"
+    convert = crackforest._convert
+    first: list = []
+
+    def racing(source, out):  # the other run finishes its conversion while this one is converting
+        convert(source, out)
+        if not first:
+            monkeypatch.setattr(crackforest, "_convert", convert)
+            first.append(crackforest.mask_folder(tmp_path, cache))
+            (first[0] / "images" / "other_run.txt").write_text("x")
+
+    monkeypatch.setattr(crackforest, "_convert", racing)
+    folder = crackforest.mask_folder(tmp_path, cache)
+    assert folder == first[0] and (folder / "images" / "other_run.txt").is_file()  # the other run's view untouched
+    assert [p.name for p in cache.iterdir()] == [folder.name]  # no temporary folder left
+
+
 def test_a_missing_source_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no CrackForest here"):
         crackforest.mask_folder(tmp_path, tmp_path / "cache")
