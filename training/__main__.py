@@ -42,8 +42,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(modules[args.command].run(args) or 0)
     except (TrainingError, UssegError) as e:  # the user's input is wrong: say what, no traceback
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {user_message(e)}", file=sys.stderr)
         return 2
+
+
+def user_message(err: Exception) -> str:
+    """The error's own message. One raised in a DataLoader worker arrives re-raised with the worker's traceback in
+    its text ("Caught DataError in DataLoader worker process 0. Original Traceback ..."): keep what follows the
+    traceback's last ``DataError: ``."""
+    text = str(err)
+    marker = f"{type(err).__name__}: "
+    if "Original Traceback" in text and marker in text:
+        return text[text.rindex(marker) + len(marker):].strip()
+    return text
 
 
 if __name__ == "__main__":

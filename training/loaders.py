@@ -19,6 +19,7 @@ The last incomplete global batch of an epoch is dropped. :class:`RunLoaders` hol
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -165,8 +166,11 @@ def train_loader(dataset: Dataset, *, batch_size: int, seed: int, num_workers: i
     if sampler.batches_per_epoch == 0:
         raise DataError(f"{what} has {n} images, fewer than one batch of {batch_size * world_size} "
                         f"(train.batch_size {batch_size} x {world_size} processes)")
+    hint = (f"train on crops ({what}.crop) or one whole frame a step (train.batch_size=1)" if batch_size > 1
+            else None)
     loader = DataLoader(SeededDataset(dataset), batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                         pin_memory=pin_memory, drop_last=False, persistent_workers=num_workers > 0,
+                        collate_fn=functools.partial(collate_same_size, what=what, hint=hint),
                         generator=torch.Generator().manual_seed(seed))  # own generator: keeps the global RNG intact
     return loader, sampler
 
@@ -254,10 +258,13 @@ def image_loader(dataset: Dataset, *, batch_size: int, num_workers: int = 0, lim
                       collate_fn=collate_same_size)
 
 
-def collate_same_size(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """default_collate, with a clear error when whole images of different sizes meet in one batch."""
-    sizes = {tuple(item["image"].shape) for item in items}
+def collate_same_size(items: list[Any], what: str = "images", hint: str | None = None) -> Any:
+    """default_collate, with a clear error when whole images of different sizes meet in one batch (a folder of
+    frames in two orientations, say) instead of torch.stack's."""
+    sizes = {tuple(item["image"].shape) for item in items
+             if isinstance(item, dict) and isinstance(item.get("image"), torch.Tensor)}
     if len(sizes) > 1:
-        raise DataError(f"images of different sizes {sorted(sizes)[:4]} in one batch: use --batch-size 1 "
-                        f"(or a dataset spec with eval_crop / short_side)")
+        shown = ", ".join("x".join(map(str, size[-2:])) for size in sorted(sizes)[:4])
+        raise DataError(f"{what}: frames of different sizes ({shown}) in one batch: "
+                        f"{hint or 'use --batch-size 1 (or a dataset spec with eval_crop / short_side)'}")
     return default_collate(items)

@@ -309,3 +309,37 @@ def test_predict_source_streams_folders_globs_videos_and_iterables(models, tmp_p
     first = list(itertools.islice(seg.predict_source(endless()), 5))  # streams: an endless source is fine
     assert [i for i, _ in first] == [f"cam#{n}" for n in range(5)]
     np.testing.assert_array_equal(first[4][1].labels, seg.predict(_frame(1)).labels)
+
+
+def test_progress_writes_lines_without_a_terminal_and_rewrites_one_on_a_terminal():
+    """A log file gets whole lines (every interval and the final count), never carriage returns; a terminal one
+    line rewritten in place."""
+    import io
+
+    from usseg_sdk.cli.predict import Progress
+
+    log = io.StringIO()
+    progress = Progress(3, "usseg predict", stream=log, interval_s=3600)
+    for _ in range(3):
+        progress.update()
+    progress.close()
+    assert "\r" not in log.getvalue()
+    assert len(log.getvalue().splitlines()) == 1  # the final count; the interval never passed
+    assert log.getvalue().startswith("usseg predict: 3/3 frames, ")
+    unknown = io.StringIO()
+    stream = Progress(None, "usseg predict", stream=unknown, interval_s=3600)  # a video: no total
+    stream.update()
+    stream.update()
+    stream.close()
+    assert unknown.getvalue().startswith("usseg predict: 2 frames, ") and unknown.getvalue().endswith("\n")
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty = Terminal()
+    on_terminal = Progress(2, "usseg predict", stream=tty)
+    on_terminal.update()
+    on_terminal.update()
+    on_terminal.close()
+    assert tty.getvalue().startswith("\russeg predict: ") and tty.getvalue().endswith("\n")

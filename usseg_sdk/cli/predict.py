@@ -29,28 +29,43 @@ EXIT_SKIPPED = 3
 
 
 class Progress:
-    """A one-line progress report on stderr (tqdm is not a runtime dependency)."""
+    """Progress on stderr (tqdm is not a runtime dependency): one line rewritten in place on a terminal; without
+    one (a log file, a service) a full line every ``interval_s`` seconds and at the end, never carriage returns."""
 
-    def __init__(self, total: int | None, label: str, stream: TextIO | None = None, enabled: bool = True) -> None:
+    def __init__(self, total: int | None, label: str, stream: TextIO | None = None, enabled: bool = True,
+                 interval_s: float = 10.0) -> None:
         self.total, self.label, self.count = total, label, 0
         self.stream = stream or sys.stderr
         self.enabled = enabled
+        isatty = getattr(self.stream, "isatty", None)
+        self.tty = bool(isatty and isatty())
+        self.interval_s = 0.2 if self.tty else interval_s
         self.start = self.last = time.perf_counter()
+        self.reported = 0
 
     def update(self, n: int = 1) -> None:
         self.count += n
         now = time.perf_counter()
-        if self.enabled and (now - self.last > 0.2 or self.count == self.total):
+        if self.enabled and (now - self.last > self.interval_s or self.count == self.total):
             self.last = now
-            rate = self.count / max(now - self.start, 1e-9)
-            of = f"/{self.total}" if self.total else ""
-            self.stream.write(f"\r{self.label}: {self.count}{of} frames, {rate:.1f} frames/s")
-            self.stream.flush()
+            self._write(now)
+
+    def _write(self, now: float) -> None:
+        rate = self.count / max(now - self.start, 1e-9)
+        of = f"/{self.total}" if self.total else ""
+        text = f"{self.label}: {self.count}{of} frames, {rate:.1f} frames/s"
+        self.stream.write(f"\r{text}" if self.tty else f"{text}\n")
+        self.stream.flush()
+        self.reported = self.count
 
     def close(self) -> None:
-        if self.enabled and self.count:
+        if not (self.enabled and self.count):
+            return
+        if self.tty:
             self.stream.write("\n")
             self.stream.flush()
+        elif self.reported != self.count:  # stopped early, or a stream of unknown length: the final count
+            self._write(time.perf_counter())
 
 
 EXIT_STATUS = """exit status:

@@ -103,3 +103,23 @@ def test_eval_data_is_optional_with_a_message_and_data_is_required(tmp_path, fra
     capsys.readouterr()
     assert main(["fit", "--plugin", PLUGIN, "--preset", str(preset), "--out", str(tmp_path / "other")]) == 2
     assert "give the training frames: --data DIR" in capsys.readouterr().err
+
+
+def test_whole_frames_in_two_orientations(tmp_path, capsys):
+    """README's new-line command (`fit --preset kmeans_lite_neu --data FRAMES`) stopped inside torch.stack on a
+    folder of 320x480 and 480x320 frames (CrackForest). The whole-frame presets take one frame a batch; a batch of
+    several is a DataError naming the sizes and the two ways out, without a worker's traceback."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "frames").mkdir()
+    for i, shape in enumerate([(40, 48), (48, 40)] * 2):
+        cv2.imwrite(str(tmp_path / "frames" / f"f{i}.png"), rng.integers(0, 256, shape, dtype=np.uint8))
+    assert load_preset("kmeans_neu")["train"]["batch_size"] == 1
+    common = ["fit", "--preset", "kmeans_neu", "--no-progress", "--data", str(tmp_path / "frames")]
+    assert main([*common, "--out", str(tmp_path / "one")]) == 0
+    capsys.readouterr()
+    assert main([*common, "--set", "train.batch_size=2", "--set", "train.num_workers=1",
+                 "--out", str(tmp_path / "two")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: data.train: frames of different sizes (40x48, 48x40) in one batch") and (
+        "data.train.crop" in err and "train.batch_size=1" in err)
+    assert "Traceback" not in err and "worker" not in err
