@@ -292,7 +292,8 @@ class LineProgress:
             eta = max(0.0, self.deadline - now) if eta is None else min(eta, max(0.0, self.deadline - now))
         if self.label is not None:
             return f"{self.label}: {step}{total} frames, {self.images / seconds:.1f} frames/s, ETA {_duration(eta)}"
-        return (f"step {step}{total}, epoch {self.epoch}: {self.images / seconds:.1f} images/s, "
+        rate = f"{self.images / seconds:.1f} images/s, " if self.images else ""  # a fit-only step trains on none
+        return (f"step {step}{total}, epoch {self.epoch}: {rate}"
                 f"loss {self.loss_sum / self.steps:.4f}, ETA {_duration(eta)}")
 
     def _reset(self, now: float) -> None:

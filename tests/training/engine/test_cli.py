@@ -173,3 +173,8 @@ def test_progress_lines_come_at_the_interval_with_an_eta_bounded_by_the_budget()
     now[0] += 2.0
     budgeted.step({"loss": 1.0, "images": 8, "step": 1})
     assert out.getvalue().splitlines()[-1].endswith("ETA 0m28s")
+    fitted = LineProgress(1.0, stream=out, clock=lambda: now[0])  # a gradient-free method: its one step sees no images
+    fitted.begin(total_steps=1, step=0, time_left_s=None)
+    now[0] += 80.0
+    fitted.step({"loss": 1.5, "step": 1})
+    assert out.getvalue().splitlines()[-1] == "step 1/1, epoch 0: loss 1.5000, ETA 0m00s"
