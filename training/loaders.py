@@ -166,8 +166,7 @@ def train_loader(dataset: Dataset, *, batch_size: int, seed: int, num_workers: i
     if sampler.batches_per_epoch == 0:
         raise DataError(f"{what} has {n} images, fewer than one batch of {batch_size * world_size} "
                         f"(train.batch_size {batch_size} x {world_size} processes)")
-    hint = (f"train on crops ({what}.crop) or one whole frame a step (train.batch_size=1)" if batch_size > 1
-            else None)
+    hint = f"train on crops ({what}.crop) or one whole frame a step (train.batch_size=1)"
     loader = DataLoader(SeededDataset(dataset), batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                         pin_memory=pin_memory, drop_last=False, persistent_workers=num_workers > 0,
                         collate_fn=functools.partial(collate_same_size, what=what, hint=hint),
